@@ -1,0 +1,1 @@
+"""One module per book experiment: get_config(variant) + build(config, info) -> Task."""

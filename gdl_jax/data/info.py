@@ -1,0 +1,64 @@
+"""Dataset metadata and the in-memory dataset every experiment trains on."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """A dataset cannot be found or read; the message says how to get it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a model needs to know about its data.
+
+  kind: "image" (uint8 levels, NHWC), "points" (float32 vectors) or "text" (int32 token windows).
+  shape: one example's shape: (H, W, C), (D,) or (T,).
+  levels: number of discrete values per pixel (17 for digits, 256 for 8-bit images); None if continuous.
+  vocab: the tokens of a text dataset, index = token id.
+  """
+
+  name: str
+  kind: str
+  shape: tuple[int, ...]
+  levels: Optional[int] = None
+  num_classes: Optional[int] = None
+  class_names: tuple[str, ...] = ()
+  source: str = ""
+  vocab: tuple[str, ...] = ()
+
+  @property
+  def dims(self) -> int:
+    return int(np.prod(self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Train and test splits as dicts of numpy arrays ("image"/"x"/"tokens", optional "label")."""
+
+  info: DatasetInfo
+  train: dict
+  test: dict
+
+  @property
+  def x_key(self) -> str:
+    return {"image": "image", "points": "x", "text": "tokens"}[self.info.kind]
+
+  def num_examples(self, split: str = "train") -> int:
+    return len(getattr(self, split)[self.x_key])
+
+
+def to_signed(x, levels: int):
+  """Integer levels {0..levels-1} -> float32 in [-1, 1] (works on numpy and jax arrays)."""
+  return x.astype("float32") * (2.0 / (levels - 1)) - 1.0
+
+
+def from_signed(y, levels: int):
+  """Floats in [-1, 1] -> nearest integer level, clipped (numpy or jax)."""
+  import jax.numpy as jnp
+  xp = jnp if not isinstance(y, np.ndarray) else np
+  return xp.clip(xp.round((y + 1.0) * ((levels - 1) / 2.0)), 0, levels - 1).astype(xp.int32)

@@ -1,0 +1,45 @@
+"""The harness applied to a trained Task: what `gdl-jax evaluate RUN` and the benchmarks call."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from gdl_jax import sharding
+
+
+def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None = None,
+                  use_features: bool = True) -> dict:
+  """Held-out bits/dim (if task.log_prob), classifier Fréchet distance and novelty (if task.sample)."""
+  from gdl_jax.evaluation import harness
+  n = int(num_samples or min(1000, dataset.num_examples("test")))
+  mesh = sharding.make_mesh()
+
+  sample_fn = None
+  if task.sample is not None:
+    def sample_fn(key, num):
+      return np.asarray(jax.device_get(task.sample(state, key, num)))
+
+  log_prob_fn = None
+  if task.log_prob is not None:
+    lp = task.log_prob
+
+    def log_prob_fn(batch, key):
+      ndev = mesh.devices.size
+      size = len(next(iter(batch.values())))
+      keep = size // ndev * ndev
+      if keep == 0:
+        return np.asarray(jax.device_get(lp(state, batch, key)))
+      out = [np.asarray(jax.device_get(lp(state, sharding.shard_batch(
+          {k: v[:keep] for k, v in batch.items()}, mesh), key)))]
+      if keep < size:
+        out.append(np.asarray(jax.device_get(lp(state, {k: v[keep:] for k, v in batch.items()}, key))))
+      return np.concatenate(out)
+
+  feature_fn = None
+  if use_features and task.sample is not None and dataset.info.kind == "image" and dataset.info.num_classes:
+    from gdl_jax.evaluation.classifier import feature_fn as make_feature_fn
+    feature_fn = make_feature_fn(dataset, progress=False)
+
+  return harness.evaluate(dataset, sample_fn=sample_fn, log_prob_fn=log_prob_fn,
+                          feature_fn=feature_fn, num_samples=n, key=keys["sample"])
