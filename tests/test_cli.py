@@ -1,0 +1,66 @@
+"""The CLI: a tiny train/sample/evaluate round trip, and one clear line + exit 2 for bad input."""
+
+import json
+import os
+
+import pytest
+
+from gdl_jax import cli
+
+
+def _err(capsys):
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("gdl-jax: error:"), err
+  return err[0]
+
+
+def test_train_classifier_tiny_and_resume_refusal(tmp_path, capsys):
+  wd = str(tmp_path / "run")
+  assert cli.main(["train", "classifier", "--dataset", "digits", "--variant", "tiny", "--workdir", wd,
+                   "--quiet", "--config.optimizer.lr=0.01"]) == 0
+  cfg = json.load(open(os.path.join(wd, "config.json")))
+  assert cfg["optimizer"]["lr"] == 0.01 and cfg["dataset"] == "digits"
+  assert os.path.exists(os.path.join(wd, "metrics.jsonl"))
+  capsys.readouterr()
+  # Same dir, another config: refused, nothing changed.
+  before = open(os.path.join(wd, "config.json")).read()
+  assert cli.main(["train", "classifier", "--dataset", "digits", "--variant", "tiny", "--workdir", wd,
+                   "--quiet", "--config.optimizer.lr=0.02"]) == 2
+  assert "different config" in _err(capsys)
+  assert open(os.path.join(wd, "config.json")).read() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "classifier", "--dataset", "nope_dataset"], "unknown dataset 'nope_dataset'"),
+    (["train", "no_such_model"], "unknown model 'no_such_model'"),
+    (["train", "classifier", "--config.optimizer.lrr=1"], "unknown config key 'optimizer.lrr'"),
+    (["train", "classifier", "--config.batch_size=abc"], "expected a value of type int"),
+    (["train", "classifier", "--config.batch_size=-4"], "must be a positive integer"),
+    (["train", "classifier", "--data_dir", "/no/such/dir"], "does not exist"),
+    (["evaluate", "/no/such/run"], "not a gdl-jax run directory"),
+])
+def test_bad_input_one_line_exit_2(argv, message, capsys, tmp_path):
+  argv = argv + (["--workdir", str(tmp_path / "w")] if argv[0] == "train" else [])
+  assert cli.main(argv) == 2
+  assert message in _err(capsys)
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_unreadable_checkpoint_exit_2(tmp_path, capsys):
+  wd = str(tmp_path / "run")
+  assert cli.main(["train", "classifier", "--variant", "tiny", "--workdir", wd, "--quiet"]) == 0
+  kept = sorted(os.listdir(os.path.join(wd, "checkpoints")))
+  step_dir = os.path.join(wd, "checkpoints", "4")
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      open(os.path.join(root, f), "wb").write(b"corrupt")
+  capsys.readouterr()
+  assert cli.main(["train", "classifier", "--variant", "tiny", "--workdir", wd, "--quiet"]) == 2
+  assert "cannot be restored" in _err(capsys)
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == kept
+
+
+def test_datasets_lists_offline_sources(capsys):
+  assert cli.main(["datasets"]) == 0
+  out = capsys.readouterr().out
+  assert "digits" in out and "fashion_mnist" in out and "moons" in out
