@@ -20,6 +20,7 @@ def base_config(dataset: str, *, steps: int, batch_size: int, lr: float = 1e-3,
   c.ckpt_every = max(steps // 4, 1)
   c.keep_checkpoints = 2
   c.num_samples = 64
+  c.sample_every = 0  # > 0: a sample grid of one fixed key every N steps, and a GIF of them
   c.eval_batches = 8
   c.optimizer = default_optimizer_config(lr, **optimizer_kw)
   c.model = ml_collections.ConfigDict()

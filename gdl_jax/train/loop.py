@@ -239,6 +239,9 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
       if step % config.ckpt_every == 0 or step == end:
         flush(step)
         ckpt.save(mngr, step, state)
+      if config.get("sample_every", 0) and step % config.sample_every == 0 and \
+          task.sample is not None and dataset.info.kind == "image" and jax.process_index() == 0:
+        _write_progress_grid(task, state, dataset, config, workdir, keys["sample"], step)
   finally:
     mngr.wait_until_finished()
     mngr.close()
@@ -247,11 +250,34 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
       bar.close()
   if step == total and write_samples and task.sample is not None and jax.process_index() == 0:
     _write_samples(task, state, dataset, config, workdir, keys["sample"])
+    _write_progress_gif(workdir)
     if task.write_artifacts is not None:
       task.write_artifacts(state, dataset, workdir, keys["sample"])
   with open(os.path.join(workdir, "train_time.json"), "w") as f:
     json.dump({"steps_this_call": step - start, "seconds": time.time() - t0}, f)
   return state
+
+
+def _write_progress_grid(task, state, dataset, config, workdir, key, step):
+  """Samples of one fixed key (the same latents for a GAN) at this step, as progress/step_N.png."""
+  from gdl_jax.evaluation.grids import save_grid
+  samples = np.asarray(jax.device_get(task.sample(state, key, int(config.num_samples))))
+  os.makedirs(os.path.join(workdir, "progress"), exist_ok=True)
+  save_grid(samples, os.path.join(workdir, "progress", f"step_{step:07d}.png"),
+            levels=dataset.info.levels)
+
+
+def _write_progress_gif(workdir):
+  """progress.gif from the progress grids (over all calls of a resumed run)."""
+  d = os.path.join(workdir, "progress")
+  if not os.path.isdir(d):
+    return
+  from PIL import Image
+  frames = [Image.open(os.path.join(d, f)).convert("P") for f in sorted(os.listdir(d))
+            if f.endswith(".png")]
+  if len(frames) > 1:
+    frames[0].save(os.path.join(workdir, "progress.gif"), save_all=True, append_images=frames[1:],
+                   duration=400, loop=0)
 
 
 def _write_samples(task, state, dataset, config, workdir, key):
