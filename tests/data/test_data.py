@@ -34,7 +34,12 @@ def test_moons(moons):
 
 
 def test_fashion_mnist_from_idx():
-  # Needs Debian's dataset-fashion-mnist (.ci/run installs it).
+  """Real Fashion-MNIST where Debian's dataset-fashion-mnist is installed (.ci/run installs it);
+  elsewhere the loader must fail at once with the fix."""
+  if not os.path.isdir("/usr/share/datasets/fashion-mnist") and not os.environ.get("GDL_FASHION_MNIST_DIR"):
+    with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist"):
+      data.load("fashion_mnist")
+    return
   ds = data.load("fashion_mnist")
   assert ds.train["image"].shape == (60000, 28, 28, 1) and ds.test["image"].shape == (10000, 28, 28, 1)
   assert ds.info.levels == 256 and ds.info.num_classes == 10
