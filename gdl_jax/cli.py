@@ -186,6 +186,9 @@ def _tuples(config):
 def cmd_train(args, overrides) -> int:
   from gdl_jax import data
   from gdl_jax.train import loop
+  if args.distributed:
+    import jax
+    jax.distributed.initialize()  # cluster auto-detection; then one Mesh spans every host's devices
   name = resolve_experiment(args.model, args.dataset)
   module = load_experiment(name)
   config = get_config(module, args.variant, args.dataset)
@@ -272,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--data_dir", default=None)
   t.add_argument("--quiet", action="store_true", help="no progress bar")
   t.add_argument("--evaluate", action="store_true", help="run `evaluate` on the run afterwards")
+  t.add_argument("--distributed", action="store_true",
+                 help="multi-host: call jax.distributed.initialize() (TPU pods / SLURM / env vars)")
   e = sub.add_parser("evaluate", help="the harness on a run: bits/dim, Fréchet distance, novelty")
   e.add_argument("run")
   e.add_argument("--num_samples", type=int, default=None)
