@@ -46,6 +46,9 @@ def resolve_experiment(model: str, dataset: str | None) -> str:
     return f"{model}_{dataset}"
   if model in names:
     return model
+  family = [n for n in names if n.startswith(model + "_")]
+  if dataset and family:  # the family's experiment on another dataset: its config, --dataset swapped
+    return next((n for n in family if n.endswith("_digits")), family[0])
   near = [n for n in names if n.startswith(model)]
   raise UsageError(f"unknown model {model!r}" + (f" for dataset {dataset!r}" if dataset else "") +
                    f"; experiments are: {', '.join(names)}" +

@@ -30,8 +30,8 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
   """cfg: name, lr, [b1, b2, eps, weight_decay, momentum, clip_norm, clip_value, schedule, warmup_steps].
 
-  clip_value is the WGAN critic's weight clipping is *not* here: that is a parameter constraint,
-  see gdl_jax.objectives.gan. Here clip_value clips gradients elementwise.
+  clip_value clips *gradients* elementwise. The WGAN critic's weight clipping is a parameter
+  constraint, not a gradient transform: see gdl_jax.objectives.gan (clip_params / weight_clipping).
   """
   name = cfg.get("name", "adam")
   if name not in _NAMES:

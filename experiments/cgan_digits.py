@@ -1,0 +1,62 @@
+"""Chapter 4: conditional GAN (the book's CGAN: a conditional WGAN-GP) on the 8x8 digits.
+
+Run:  gdl-jax train cgan_digits --workdir runs/cgan_digits
+      gdl-jax train cgan_digits --dataset fashion_mnist --workdir runs/cgan_fashion
+      gdl-jax evaluate runs/cgan_digits
+The label enters the generator as a one-hot vector concatenated to z, and the critic as one-hot
+channels broadcast over the image (--config.model.label_dim=16 learns an embedding instead).
+Generator updates draw their labels from the real batch, so the label mix follows the data.
+sample(state, key, n, labels=None): round-robin labels 0, 1, ..., K-1, 0, ... by default; the
+samples_ema.png grid has one column per class.
+Artifacts: samples.png, progress.gif (one fixed latent batch over training), interpolations.png,
+samples_by_class.png (row k = class k) (see experiments/_gan.py).
+
+Expected result (measured, --config.steps=1000, 331 s on a shared 2-core CPU): the harness's
+classifier labels 94.9% of 1000 class-conditional samples (round-robin labels) as the class asked
+for (the same CNN: 99.2% on real test digits); classifier Fréchet distance 5.2 (360 samples vs 360
+held-out), novelty ratio 1.41, no exact copies. References on the same protocol: 360 training
+images 2.45; independent categorical pixels 27.9; mixture of 10 categoricals 11.8.
+fashion_mnist: not measured yet.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import ml_collections
+
+from experiments._common import base_config, shrink
+from experiments._gan import build_gan_task, gan_model_config
+from gdl_jax.data.info import DatasetInfo
+from gdl_jax.train.task import Task
+
+
+def get_config(variant: str = "default", dataset: str = "digits") -> ml_collections.ConfigDict:
+  big = dataset != "digits"
+  c = base_config(dataset, steps=8000 if big else 3000,
+                  batch_size=128 if big else 64, lr=2e-4, b1=0.5, b2=0.9)
+  c.model = gan_model_config(loss="wgan", latent_dim=100 if big else 32,
+                             gen_features=(256, 128) if big else (64, 32),
+                             disc_features=(64, 128) if big else (32, 64),
+                             gen_norm="batch", disc_norm="none", n_critic=3, gp_weight=10.0,
+                             conditional=True)
+  c.num_samples = 100
+  c.sample_every = max(c.steps // 20, 1)
+  if variant == "tiny":
+    shrink(c, steps=4, batch_size=8)
+    c.sample_every = 2
+    c.num_samples = 20
+    c.model.update(latent_dim=8, gen_features=(16, 8), disc_features=(8, 16), n_critic=2,
+                   standing_stats=32)
+  elif variant != "default":
+    raise ValueError(f"unknown variant {variant!r}; use 'default' or 'tiny' (datasets: --dataset).")
+  return c
+
+
+def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
+  return build_gan_task(config, info, name="cgan_digits")
+
+
+if __name__ == "__main__":
+  from gdl_jax.cli import main
+  sys.exit(main(["train", "cgan_digits", *sys.argv[1:]]))

@@ -1,0 +1,59 @@
+"""Chapter 4: WGAN-GP (Wasserstein critic without BatchNorm, gradient penalty 10) on Fashion-MNIST.
+
+Run:  gdl-jax train wgan_gp_fashion_mnist --workdir runs/wgan_gp_fashion
+      gdl-jax train wgan_gp_fashion_mnist --dataset digits --workdir runs/wgan_gp_digits   (8x8)
+      gdl-jax evaluate runs/wgan_gp_fashion
+The book's recipe: the DCGAN generator; a critic of stride-2 convs + LeakyReLU(0.2) with no
+normalisation (Gulrajani et al. suggest LayerNorm: --config.model.disc_norm=layer); 3 critic updates
+per generator update on the same batch with fresh latents; Adam(2e-4, b1=0.5, b2=0.9);
+penalty 10 * (||grad_x f(x_hat)|| - 1)^2 on random interpolates x_hat.
+Artifacts: samples.png, progress.gif (one fixed latent batch over training), interpolations.png
+(see experiments/_gan.py).
+
+Expected result (measured, --dataset digits --config.steps=1000, 406 s on a shared 2-core CPU):
+classifier Fréchet distance 14.3 (360 EMA samples vs 360 held-out), novelty ratio 1.61, no exact
+copies; the critic's input-gradient norm sits at 1.00 and the train Wasserstein estimate fell from
+its peak 2.57 (step 150) to 0.18 at step 1000 (held-out 0.23). Same protocol, references:
+360 training images 2.45; independent categorical pixels 27.9; mixture of 10 categoricals 11.8
+(gdl_jax.evaluation.harness.baseline_table).
+fashion_mnist (28x28): not measured yet (too slow for the CPU it was developed on).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import ml_collections
+
+from experiments._common import base_config, shrink
+from experiments._gan import build_gan_task, gan_model_config
+from gdl_jax.data.info import DatasetInfo
+from gdl_jax.train.task import Task
+
+
+def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_collections.ConfigDict:
+  small = dataset == "digits"
+  c = base_config(dataset, steps=3000 if small else 8000,
+                  batch_size=64 if small else 128, lr=2e-4, b1=0.5, b2=0.9)
+  c.model = gan_model_config(loss="wgan", latent_dim=32 if small else 128,
+                             gen_features=(64, 32) if small else (256, 128),
+                             disc_features=(32, 64) if small else (64, 128),
+                             gen_norm="batch", disc_norm="none", n_critic=3, gp_weight=10.0)
+  c.sample_every = max(c.steps // 20, 1)
+  if variant == "tiny":
+    shrink(c, steps=4, batch_size=8)
+    c.sample_every = 2
+    c.model.update(latent_dim=8, gen_features=(16, 8), disc_features=(8, 16), n_critic=2,
+                   standing_stats=32)
+  elif variant != "default":
+    raise ValueError(f"unknown variant {variant!r}; use 'default' or 'tiny' (datasets: --dataset).")
+  return c
+
+
+def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
+  return build_gan_task(config, info, name="wgan_gp_fashion_mnist")
+
+
+if __name__ == "__main__":
+  from gdl_jax.cli import main
+  sys.exit(main(["train", "wgan_gp_fashion_mnist", *sys.argv[1:]]))

@@ -1,0 +1,192 @@
+"""The two-player GAN step: n_critic critic updates then one generator update, in one jitted call.
+
+State layout (gdl_jax.train.state.TrainState):
+  params     {"gen": ..., "disc": ...}
+  opt_state  {"gen": ..., "disc": ...}        (two optimizers, built outside the step)
+  extra      {"gen": batch_stats, "disc": batch_stats}   ({} for a player without BatchNorm)
+  ema_params {"gen": EMA of the generator's params} or None;
+             so `state.eval_params()["gen"]` is the generator to sample with, EMA or not.
+
+Batch handling for n_critic > 1 (`critic_batches`):
+  "reuse" (default, the book's WGAN-GP loop): every critic update sees the whole batch, each with
+          fresh latents, fresh interpolation weights and fresh dropout.
+  "split": the batch [B, ...] is cut into n_critic micro-batches of B / n_critic, one per critic
+          update (the original WGAN algorithm: fresh real data per critic iteration); the
+          generator update then uses B / n_critic latents (and the first micro-batch's labels).
+Batch-norm statistics: the critic's running stats are updated by its own updates only (real and
+fake halves pass separately, as in DCGAN); the generator's by the generator update only.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gdl_jax.data.info import to_signed
+from gdl_jax.objectives import gan as losses
+from gdl_jax.train.state import TrainState, ema_update
+
+LOSSES = ("nsgan", "wgan")
+CRITIC_BATCHES = ("reuse", "split")
+
+
+def _tree_l2(tree) -> jax.Array:
+  return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
+
+
+def apply_player(module, params, stats, *args, train: bool, rngs=None):
+  """module.apply with optional batch_stats; returns (output, new batch_stats or the old ones)."""
+  variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+  if train and stats:
+    out, upd = module.apply(variables, *args, train=True, rngs=rngs, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+  return module.apply(variables, *args, train=train, rngs=rngs), stats
+
+
+def init_gan_state(generator, discriminator, gen_optimizer: optax.GradientTransformation,
+                   disc_optimizer: optax.GradientTransformation, key: jax.Array, x: jax.Array,
+                   labels: Optional[jax.Array] = None, *, latent_dim: int, ema: bool = True) -> TrainState:
+  """A step-0 two-player state; x is one example batch in the models' input format ([-1, 1])."""
+  kg, kd = jax.random.split(key)
+  z = jnp.zeros((x.shape[0], latent_dim), jnp.float32)
+  gvars = generator.init(kg, z, labels, train=False)
+  dvars = discriminator.init({"params": kd, "dropout": kd}, x, labels, train=False)
+  params = {"gen": gvars["params"], "disc": dvars["params"]}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state={"gen": gen_optimizer.init(params["gen"]),
+                               "disc": disc_optimizer.init(params["disc"])},
+                    extra={"gen": gvars.get("batch_stats", {}), "disc": dvars.get("batch_stats", {})},
+                    ema_params={"gen": jax.tree.map(jnp.copy, params["gen"])} if ema else None)
+
+
+def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransformation,
+                  disc_optimizer: optax.GradientTransformation, *, latent_dim: int,
+                  loss: str = "nsgan", n_critic: int = 1, critic_batches: str = "reuse",
+                  gp_weight: float = 0.0, clip_value: float = 0.0, label_noise: float = 0.0,
+                  ema_decay: Optional[float] = None, levels: Optional[int] = None,
+                  x_key: str = "image", jit: bool = True):
+  """Returns `step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
+
+  loss: "nsgan" (non-saturating BCE on logits, DCGAN) or "wgan" (Wasserstein critic); add
+  gp_weight > 0 for WGAN-GP or clip_value > 0 for the original WGAN (critic params are projected
+  into [-clip_value, clip_value] after every critic update, see `losses.clip_params`).
+  levels: integer image levels, converted with `to_signed`; None for float data such as points.
+  Conditional players (num_classes > 0) read batch["label"]. The key is folded with state.step.
+  Metrics (scalars): loss (= d_loss, the loop's generic column), d_loss, g_loss, d_real, d_fake
+  (mean D outputs), wasserstein (d_real - d_fake), gp and grad_norm (with gp_weight), l2 norms of
+  gradients / params / generator updates; critic metrics are means over the n_critic updates.
+  """
+  if loss not in LOSSES:
+    raise ValueError(f"loss={loss!r} is unknown; use one of {LOSSES}.")
+  if critic_batches not in CRITIC_BATCHES:
+    raise ValueError(f"critic_batches={critic_batches!r} is unknown; use one of {CRITIC_BATCHES}.")
+  if n_critic < 1:
+    raise ValueError(f"n_critic must be >= 1; got {n_critic}.")
+  if gp_weight and getattr(discriminator, "norm", "none") == "batch":
+    raise ValueError("the gradient penalty needs a critic that treats examples independently; "
+                     "use the discriminator with norm='layer' or norm='none', not 'batch'.")
+  if clip_value < 0 or gp_weight < 0:
+    raise ValueError("clip_value and gp_weight must be >= 0.")
+  conditional = getattr(generator, "num_classes", 0) > 0
+
+  def prepare(batch):
+    if x_key not in batch:
+      raise ValueError(f"batch has no {x_key!r}; keys are {sorted(batch)}.")
+    x = batch[x_key]
+    x = to_signed(x, levels) if levels is not None else x.astype(jnp.float32)
+    labels = batch["label"] if conditional else None
+    return x, labels
+
+  def generate(gparams, gstats, n, labels, key, train):
+    z = jax.random.normal(key, (n, latent_dim))                                      # [B, Z]
+    return apply_player(generator, gparams, gstats, z, labels, train=train)
+
+  def disc_loss(dparams, dstats, gparams, gstats, x, labels, key):
+    k_z, k_d1, k_d2, k_noise, k_gp, k_d3 = jax.random.split(key, 6)
+    fake, _ = generate(gparams, gstats, x.shape[0], labels, k_z, True)               # G stats: unchanged
+    fake = jax.lax.stop_gradient(fake)
+    real_out, dstats = apply_player(discriminator, dparams, dstats, x, labels, train=True,
+                                    rngs={"dropout": k_d1})
+    fake_out, dstats = apply_player(discriminator, dparams, dstats, fake, labels, train=True,
+                                    rngs={"dropout": k_d2})
+    if loss == "nsgan":
+      value = losses.nonsaturating_disc_loss(real_out, fake_out, label_noise=label_noise, key=k_noise)
+    else:
+      value = losses.wasserstein_critic_loss(real_out, fake_out)
+    metrics = {"d_loss": value, "d_real": real_out.mean(), "d_fake": fake_out.mean(),
+               "wasserstein": real_out.mean() - fake_out.mean()}
+    if gp_weight:
+      x_hat = losses.random_interpolates(x, fake, k_gp)
+      critic = lambda v: discriminator.apply({"params": dparams}, v, labels, train=True,
+                                             rngs={"dropout": k_d3})
+      gp, norms = losses.gradient_penalty(critic, x_hat)
+      value = value + gp_weight * gp
+      metrics.update(gp=gp, grad_norm=norms.mean())
+    return value, (dstats, metrics)
+
+  def gen_loss(gparams, gstats, dparams, dstats, n, labels, key):
+    k_z, k_d = jax.random.split(key)
+    fake, gstats = generate(gparams, gstats, n, labels, k_z, True)
+    fake_out, _ = apply_player(discriminator, dparams, dstats, fake, labels, train=True,
+                               rngs={"dropout": k_d})                                # D stats: unchanged
+    value = losses.nonsaturating_gen_loss(fake_out) if loss == "nsgan" else losses.wasserstein_gen_loss(fake_out)
+    return value, (gstats, {"g_loss": value})
+
+  def step(state: TrainState, batch, key):
+    key = jax.random.fold_in(key, state.step)
+    k_critic, k_gen = jax.random.split(key)
+    x, labels = prepare(batch)
+    b = x.shape[0]
+    if critic_batches == "split":
+      if b % n_critic:
+        raise ValueError(f"critic_batches='split' needs batch_size divisible by n_critic={n_critic}; "
+                         f"got {b} (use --config.batch_size={max(b // n_critic, 1) * n_critic}).")
+      xs = x.reshape((n_critic, b // n_critic) + x.shape[1:])
+      ls = None if labels is None else labels.reshape(n_critic, b // n_critic)
+    gparams, gstats = state.params["gen"], state.extra["gen"]
+
+    def critic_update(carry, inputs):
+      dparams, dopt, dstats = carry
+      k, xi, li = inputs
+      if critic_batches == "reuse":
+        xi, li = x, labels
+      (_, (dstats, metrics)), grads = jax.value_and_grad(disc_loss, has_aux=True)(
+          dparams, dstats, gparams, gstats, xi, li, k)
+      updates, dopt = disc_optimizer.update(grads, dopt, dparams)
+      dparams = optax.apply_updates(dparams, updates)
+      if clip_value:
+        dparams = losses.clip_params(dparams, clip_value)
+      metrics["l2_grads_disc"] = _tree_l2(grads)
+      return (dparams, dopt, dstats), metrics
+
+    scan_in = (jax.random.split(k_critic, n_critic),
+               xs if critic_batches == "split" else None,
+               ls if critic_batches == "split" else None)
+    (dparams, dopt, dstats), dmetrics = jax.lax.scan(
+        critic_update, (state.params["disc"], state.opt_state["disc"], state.extra["disc"]), scan_in)
+    dmetrics = jax.tree.map(jnp.mean, dmetrics)                                      # mean over n_critic
+
+    n_gen = b // n_critic if critic_batches == "split" else b
+    g_labels = None if labels is None else (ls[0] if critic_batches == "split" else labels)
+    (_, (gstats, gmetrics)), ggrads = jax.value_and_grad(gen_loss, has_aux=True)(
+        gparams, gstats, dparams, dstats, n_gen, g_labels, k_gen)
+    gupdates, gopt = gen_optimizer.update(ggrads, state.opt_state["gen"], gparams)
+    gparams = optax.apply_updates(gparams, gupdates)
+
+    ema = state.ema_params
+    if ema is not None and ema_decay is not None:
+      ema = {"gen": ema_update(ema["gen"], gparams, state.step, ema_decay)}
+    new_state = state.replace(step=state.step + 1, params={"gen": gparams, "disc": dparams},
+                              opt_state={"gen": gopt, "disc": dopt},
+                              extra={"gen": gstats, "disc": dstats}, ema_params=ema)
+    # "loss" (the loop's generic column) is the critic's loss; the two players' losses are separate.
+    metrics = {**dmetrics, **gmetrics, "loss": dmetrics["d_loss"],
+               "l2_grads_gen": _tree_l2(ggrads), "l2_params_gen": _tree_l2(gparams),
+               "l2_params_disc": _tree_l2(dparams), "l2_updates_gen": _tree_l2(gupdates)}
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=0) if jit else step
+
