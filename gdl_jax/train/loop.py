@@ -87,8 +87,8 @@ class MetricsWriter:
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-      except ImportError:
-        pass
+      except Exception:  # TensorBoard is optional: a broken install must not stop training
+        self._tb = None
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     if jax.process_index() != 0:
