@@ -1,0 +1,91 @@
+"""benchmarks/speed.py: the --quick run writes the table and JSON; the timing helpers' math. No timing asserts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import _timing  # noqa: E402
+import speed  # noqa: E402
+
+
+def test_rate_summary_and_median_ratio():
+  s = _timing.rate_summary([1.0, 0.5, 2.0], k=10)  # rates 10, 20, 5 steps/s
+  assert s["steps_per_s"] == 10.0 and s["windows"] == 3 and s["steps_per_window"] == 10
+  assert s["p25"] <= s["steps_per_s"] <= s["p75"]
+  # per-round ratios b/a: 2, 3, 1 -> median 2
+  assert _timing.median_ratio([1.0, 1.0, 2.0], [2.0, 3.0, 2.0]) == 2.0
+
+
+def test_cost_flops_handles_dict_list_and_missing():
+  class C:
+    def __init__(self, ca):
+      self.ca = ca
+
+    def cost_analysis(self):
+      if isinstance(self.ca, Exception):
+        raise self.ca
+      return self.ca
+
+  assert _timing.cost_flops(C({"flops": 12.0})) == 12.0
+  assert _timing.cost_flops(C([{"flops": 7.0}])) == 7.0
+  assert _timing.cost_flops(C([])) is None
+  assert _timing.cost_flops(C({"bytes accessed": 1.0})) is None
+  assert _timing.cost_flops(C(RuntimeError("no cost model"))) is None
+
+
+def test_cost_flops_of_a_real_matmul():
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((16, 32))
+  b = jnp.ones((32, 8))
+  flops = _timing.cost_flops(jax.jit(jnp.dot).lower(a, b).compile())
+  assert flops == pytest.approx(2 * 16 * 32 * 8, rel=0.05)
+
+
+def test_goal_text_and_model_names():
+  assert speed.goal_text({"ratios": {"torch": 2.0, "torch_compile": 1.1, "keras_torch": 3.0}}) == "met"
+  missed = speed.goal_text({"ratios": {"torch": 1.2, "keras_torch": 3.0}})
+  assert missed.startswith("MISSED") and "torch 1.20x<1.5x" in missed
+  assert speed.goal_text({"ratios": {}}) == "no baseline"
+  assert speed.expand_models("cnn", False) == ["cnn_digits", "cnn_fashion"]
+  with pytest.raises(SystemExit, match="unknown model"):
+    speed.expand_models("nope", False)
+
+
+def test_quick_run_writes_table_and_json(tmp_path):
+  """The smoke run: JAX side (plus PyTorch when installed), tiny CNN, a few short windows."""
+  try:
+    import torch  # noqa: F401
+    frameworks = "jax,torch"
+  except ImportError:
+    frameworks = "jax"
+  out = tmp_path / "results"
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "speed.py"), "--quick",
+                      "--models", "cnn_digits", "--frameworks", frameworks, "--no-samplers", "--no-scan",
+                      "--rounds", "2", "--out", str(out)],
+                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  md = (out / "speed.md").read_text()
+  header = "| " + " | ".join(speed.COLUMNS) + " |"
+  assert header in md and header in p.stdout
+  assert "| cnn_digits | 8 |" in md
+  report = json.loads((out / "speed.json").read_text())
+  assert report["quick"] is True and report["peak"]["gflops"] > 0
+  (row,) = report["rows"]
+  assert row["model"] == "cnn_digits" and row["batch"] == 8 and not row["errors"].get("jax")
+  jax_run = row["runners"]["jax"]
+  for key in ("steps_per_s", "compile_s", "gflops", "peak_share", "per_step_s"):
+    assert key in jax_run, key
+  assert len(jax_run["per_step_s"]) == 2
+  assert row["flops_per_step"] > 0 and row["params"] > 0
+  assert row["pipeline"]["images_per_s"] > 0
+  if frameworks == "jax,torch":
+    assert "torch" in row["ratios"] and row["runners"]["torch"]["params"] == row["params"]
