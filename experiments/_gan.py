@@ -56,6 +56,19 @@ def gan_model_config(**kw) -> ml_collections.ConfigDict:
   return m
 
 
+def apply_gan_variant(c: ml_collections.ConfigDict, variant: str, **tiny_model) -> ml_collections.ConfigDict:
+  """The variants every GAN experiment shares: progress grids every steps/20; `tiny` for tests."""
+  from gdl_jax.configs import shrink
+  c.sample_every = max(c.steps // 20, 1)
+  if variant == "tiny":
+    shrink(c, steps=4, batch_size=8)
+    c.sample_every = 2
+    c.model.update(standing_stats=32, **tiny_model)
+  elif variant != "default":
+    raise ValueError(f"unknown variant {variant!r}; use 'default' or 'tiny' (datasets: --dataset).")
+  return c
+
+
 def make_players(mc, info: DatasetInfo) -> tuple[Generator, Discriminator]:
   k = int(info.num_classes or 0) if mc.conditional else 0
   if mc.conditional and not k:

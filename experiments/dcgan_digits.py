@@ -23,8 +23,8 @@ import sys
 
 import ml_collections
 
-from experiments._common import base_config, shrink
-from experiments._gan import build_gan_task, gan_model_config
+from experiments._common import base_config
+from experiments._gan import apply_gan_variant, build_gan_task, gan_model_config
 from gdl_jax.data.info import DatasetInfo
 from gdl_jax.train.task import Task
 
@@ -37,14 +37,7 @@ def get_config(variant: str = "default", dataset: str = "digits") -> ml_collecti
                              gen_features=(256, 128) if big else (64, 32),
                              disc_features=(64, 128) if big else (32, 64),
                              gen_norm="batch", disc_norm="batch", dropout=0.3, label_noise=0.1)
-  c.sample_every = max(c.steps // 20, 1)
-  if variant == "tiny":
-    shrink(c, steps=4, batch_size=8)
-    c.sample_every = 2
-    c.model.update(latent_dim=8, gen_features=(16, 8), disc_features=(8, 16), standing_stats=32)
-  elif variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; use 'default' or 'tiny' (datasets: --dataset).")
-  return c
+  return apply_gan_variant(c, variant, latent_dim=8, gen_features=(16, 8), disc_features=(8, 16))
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
