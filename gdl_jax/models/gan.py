@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gdl_jax.nn.conv import ConvTranspose
+
 Dtype = Any
 NORMS = ("batch", "layer", "none")
 
@@ -118,10 +120,10 @@ class Generator(nn.Module):
     x = nn.leaky_relu(_Norm(self.norm, self.bn_momentum, self.dtype, self.param_dtype)(x, train=train), 0.2)
     k = (self.kernel_size, self.kernel_size)
     for f in self.features[1:]:
-      x = nn.ConvTranspose(f, k, strides=(2, 2), padding="SAME", use_bias=self.norm == "none",
+      x = ConvTranspose(f, k, strides=(2, 2), padding="SAME", use_bias=self.norm == "none",
                            kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype)(x)
       x = nn.leaky_relu(_Norm(self.norm, self.bn_momentum, self.dtype, self.param_dtype)(x, train=train), 0.2)
-    x = nn.ConvTranspose(self.shape[-1], k, strides=(2, 2), padding="SAME", kernel_init=init,
+    x = ConvTranspose(self.shape[-1], k, strides=(2, 2), padding="SAME", kernel_init=init,
                          dtype=self.dtype, param_dtype=self.param_dtype)(x)          # [B, H, W, C]
     return _at_least_f32(jnp.tanh(x))
 

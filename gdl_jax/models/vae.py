@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from gdl_jax.data.info import to_signed
+from gdl_jax.nn.conv import ConvTranspose
 
 LIKELIHOODS = ("bernoulli", "logistic", "gaussian")
 MIN_LOG_SCALE = -7.0  # as PixelCNN++: keeps 1/scale finite
@@ -129,7 +130,7 @@ class Decoder(nn.Module):
     h = nn.swish(nn.Dense(h0 * w0 * self.features[0], **kw)(h))
     h = h.reshape(B, h0, w0, self.features[0])                                     # [B, h0, w0, F0]
     for f in self.features:
-      h = nn.swish(nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME", **kw)(h))
+      h = nn.swish(ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME", **kw)(h))
       h = h + nn.swish(nn.Conv(f, (3, 3), padding="SAME", **kw)(h))
     h = h[:, :H, :W]                                                               # [B, H, W, F]
     K = self.num_mixtures
