@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gdl_jax.nn.conv import ConvTranspose
+from gdl_jax.nn.conv import Conv, ConvTranspose
 
 Dtype = Any
 NORMS = ("batch", "layer", "none")
@@ -160,7 +160,7 @@ class Discriminator(nn.Module):
     k = (self.kernel_size, self.kernel_size)
     for i, f in enumerate(self.features):
       normed = i > 0 and self.norm != "none"
-      x = nn.Conv(f, k, strides=(2, 2), padding="SAME", use_bias=not normed, kernel_init=init,
+      x = Conv(f, k, strides=(2, 2), padding="SAME", use_bias=not normed, kernel_init=init,
                   dtype=self.dtype, param_dtype=self.param_dtype)(x)
       if normed:
         x = _Norm(self.norm, self.bn_momentum, self.dtype, self.param_dtype)(x, train=train)

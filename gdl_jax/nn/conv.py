@@ -1,5 +1,7 @@
-"""A transposed convolution with the parameters and outputs of `flax.linen.ConvTranspose`, and a
-kernel gradient that XLA:CPU computes ~10x faster.
+"""Convolutions with flax's parameters and values and gradients XLA:CPU computes several times faster.
+
+`ConvTranspose`: flax's transposed convolution with a ~10x faster kernel gradient. `Conv`: flax's
+convolution whose second-order gradient (a WGAN-GP gradient penalty) is ~4.7x faster.
 
 Why: differentiating `lax.conv_transpose` (a convolution of the input dilated by the stride) with
 respect to its kernel makes XLA emit a convolution that XLA:CPU runs through a slow generic loop:
@@ -9,6 +11,10 @@ convolution is the input-gradient of a strided convolution, so both of its gradi
 of that ordinary convolution: the input gradient is the convolution itself, and the kernel gradient
 is the ordinary convolution's kernel gradient with the roles of input and cotangent swapped. Those
 are the kernels XLA:CPU runs fast. The forward pass is unchanged (the same `lax.conv_transpose`).
+
+The same holds one order up: the input-gradient of an ordinary convolution is a transposed
+convolution, and a gradient penalty differentiates it with respect to the kernel. `conv` routes its
+input-gradient through `conv_transpose`, so the penalty's gradient takes the fast path too.
 
 `ConvTranspose` here takes the same fields as flax's and creates the same `kernel` [kh, kw, in, out]
 and `bias` [out] parameters (unflipped kernel, `transpose_kernel=False`), so it is a drop-in
@@ -135,6 +141,82 @@ class ConvTranspose(nn.Module):
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = conv_transpose(x, kernel, strides, self.padding)
+    if bias is not None:
+      y = y + bias.reshape((1, 1, 1, -1))
+    return y
+
+
+def conv(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Any = "SAME") -> jax.Array:
+  """`lax.conv_general_dilated` (NHWC, HWIO) whose input-gradient is `conv_transpose`.
+
+  First-order gradients are lax's own. The point is the second order: a gradient penalty
+  differentiates the input-gradient (a transposed convolution) with respect to the kernel, the op
+  XLA:CPU runs slowly; routed through `conv_transpose` it takes the fast path.
+  """
+  strides = tuple(int(s) for s in strides)
+  if x.ndim != 4 or kernel.ndim != 4:
+    raise ValueError(f"conv takes x [B, H, W, C] and kernel [kh, kw, in, out]; got {x.shape} and "
+                     f"{kernel.shape}.")
+  kernel_size = tuple(kernel.shape[:2])
+  pads = (lax.padtype_to_pads(x.shape[1:3], kernel_size, strides, padding)
+          if isinstance(padding, str) else [tuple(p) for p in padding])
+  return _conv(x, kernel, strides, tuple(tuple(int(v) for v in p) for p in pads))
+
+
+def _conv_forward(x, kernel, strides, pads):
+  return lax.conv_general_dilated(x, kernel, strides, list(pads), dimension_numbers=_DN)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, kernel, strides, pads):
+  return _conv_forward(x, kernel, strides, pads)
+
+
+def _conv_fwd(x, kernel, strides, pads):
+  return _conv_forward(x, kernel, strides, pads), (x, kernel)
+
+
+def _conv_bwd(strides, pads, res, g):
+  x, kernel = res
+  dkernel, = jax.vjp(lambda k: _conv_forward(x, k, strides, pads), kernel)[1](g)
+  t_kernel = _as_conv(kernel)  # [kh, kw, Cout, Cin]: flax layout of the transposed conv Cout -> Cin
+  t_pads = tuple(_conv_pads(kernel.shape[:2], pads))  # the involution of _conv_pads
+  dx = _conv_transpose(g, t_kernel, strides, t_pads)
+  if dx.shape != x.shape:  # sizes the stride does not divide: lax's own input-gradient
+    dx = jax.vjp(lambda x: _conv_forward(x, kernel, strides, pads), x)[1](g)[0]
+  return dx, dkernel
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+class Conv(nn.Module):
+  """`flax.linen.Conv` (2-D, NHWC, no dilation or groups) built on `conv`: same fields and
+  parameters, and a second-order gradient (gradient penalties) ~4.7x faster on XLA:CPU.
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | None = None
+  padding: Any = "SAME"
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f"Conv takes images [B, H, W, C]; got shape {x.shape}.")
+    kernel_size = tuple(self.kernel_size)
+    if len(kernel_size) != 2:
+      raise ValueError(f"kernel_size={self.kernel_size} must have 2 entries (kh, kw).")
+    kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv(x, kernel, tuple(self.strides or (1, 1)), self.padding)
     if bias is not None:
       y = y + bias.reshape((1, 1, 1, -1))
     return y

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gdl_jax.nn.conv import ConvTranspose, conv_transpose
+from gdl_jax.nn.conv import Conv, ConvTranspose, conv_transpose
 
 CASES = [  # (input HxW, kernel, stride, padding)
     (4, 4, 2, "SAME"), (3, 3, 2, "SAME"), (7, 4, 2, "SAME"), (2, 3, 2, "VALID"),
@@ -59,3 +59,27 @@ def test_jit_vmap_and_bad_input():
     m.apply(p, jnp.ones((4, 4, 1)))
   with pytest.raises(ValueError, match="padding"):
     ConvTranspose(2, (4, 4), strides=(2, 2), padding="FULL").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("size,k,s,padding", [(8, 4, 2, "SAME"), (7, 3, 2, "SAME"), (8, 3, 1, "SAME"),
+                                              (9, 3, 2, "VALID"), (6, 4, 2, ((1, 1), (2, 1)))])
+def test_conv_matches_flax_to_second_order(size, k, s, padding):
+  """Values, gradients, and the gradient of a gradient penalty (second order) equal flax's."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 2))
+  ours, theirs = (Conv(3, (k, k), strides=(s, s), padding=padding),
+                  nn.Conv(3, (k, k), strides=(s, s), padding=padding))
+  params = theirs.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+
+  def penalty(model):
+    def f(p, x):
+      score = lambda x: jnp.sum(jnp.tanh(model.apply(p, x)) ** 2)
+      g = jax.grad(score)(x)
+      return jnp.sum((jnp.sqrt(jnp.sum(g ** 2, (1, 2, 3))) - 1.0) ** 2) + score(x)
+    return f
+
+  a = jax.grad(penalty(ours), argnums=(0, 1))(params, x)
+  b = jax.grad(penalty(theirs), argnums=(0, 1))(params, x)
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
