@@ -479,17 +479,21 @@ def conv_probe(workers, shapes, reps: int, rounds: int) -> list[dict]:
   import jax.numpy as jnp
   out = []
   w = workers.get("torch", (None,))[0]
-  for (n, h, wd, cin, cout, k, s, transpose) in shapes:
+  from gdl_jax.nn.conv import conv_transpose as fast_conv_transpose
+  dn = ("NHWC", "HWIO", "NHWC")
+  impls = {  # transposed convs twice: flax's op, and gdl_jax.nn.conv's (the models use the latter)
+      False: [("conv", lambda x, kern, s: jax.lax.conv_general_dilated(x, kern, (s, s), "SAME",
+                                                                       dimension_numbers=dn))],
+      True: [("conv transpose (lax, as flax.linen.ConvTranspose)",
+              lambda x, kern, s: jax.lax.conv_transpose(x, kern, (s, s), "SAME", dimension_numbers=dn)),
+             ("conv transpose (gdl_jax.nn.conv)", lambda x, kern, s: fast_conv_transpose(x, kern, (s, s)))]}
+  for (n, h, wd, cin, cout, k, s, transpose), (kind, op) in (
+      (shape, impl) for shape in shapes for impl in impls[shape[-1]]):
     x = jax.random.normal(jax.random.key(0), (n, h, wd, cin))
     kern = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.1
 
-    def loss(kern, x):
-      if transpose:  # as flax.linen.ConvTranspose: an input-dilated convolution
-        y = jax.lax.conv_transpose(x, kern, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      else:
-        y = jax.lax.conv_general_dilated(x, kern, (s, s), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      return jnp.mean(jnp.square(y))
+    def loss(kern, x, op=op, s=s):
+      return jnp.mean(jnp.square(op(x, kern, s)))
 
     g = jax.jit(jax.grad(loss, argnums=(0, 1)))
     jax.block_until_ready(g(kern, x))
@@ -502,7 +506,6 @@ def conv_probe(workers, shapes, reps: int, rounds: int) -> list[dict]:
                       transpose=transpose, threads=1)
         if "seconds" in r:
           tt.append(r["seconds"])
-    kind = "conv transpose" if transpose else "conv"
     row = {"shape": f"{kind} {n}x{h}x{wd}x{cin} -> {cout}, {k}x{k}/{s}", "jax_ms": 1e3 * statistics.median(jt),
            "flops": flops}
     if tt:

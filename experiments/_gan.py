@@ -57,15 +57,20 @@ def gan_model_config(**kw) -> ml_collections.ConfigDict:
 
 
 def apply_gan_variant(c: ml_collections.ConfigDict, variant: str, **tiny_model) -> ml_collections.ConfigDict:
-  """The variants every GAN experiment shares: progress grids every steps/20; `tiny` for tests."""
+  """The variants every GAN experiment shares: progress grids every steps/20; `small` (a CPU-sized
+  run: batch 64, half the generator's features, 2500 steps); `tiny` for tests."""
   from gdl_jax.configs import shrink
+  if variant == "small":
+    c.batch_size = min(c.batch_size, 64)
+    c.steps = min(c.steps, 2500)
+    c.model.gen_features = tuple(max(f // 2, 8) for f in c.model.gen_features)
   c.sample_every = max(c.steps // 20, 1)
   if variant == "tiny":
     shrink(c, steps=4, batch_size=8)
     c.sample_every = 2
     c.model.update(standing_stats=32, **tiny_model)
-  elif variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; use 'default' or 'tiny' (datasets: --dataset).")
+  elif variant not in ("default", "small"):
+    raise ValueError(f"unknown variant {variant!r}; use 'default', 'small' or 'tiny' (datasets: --dataset).")
   return c
 
 

@@ -25,8 +25,8 @@ import sys
 
 import ml_collections
 
-from experiments._common import base_config, shrink
-from experiments._gan import build_gan_task, gan_model_config
+from experiments._common import base_config
+from experiments._gan import apply_gan_variant, build_gan_task, gan_model_config
 from gdl_jax.data.info import DatasetInfo
 from gdl_jax.train.task import Task
 
@@ -41,15 +41,9 @@ def get_config(variant: str = "default", dataset: str = "digits") -> ml_collecti
                              gen_norm="batch", disc_norm="none", n_critic=3, gp_weight=10.0,
                              conditional=True)
   c.num_samples = 100
-  c.sample_every = max(c.steps // 20, 1)
+  apply_gan_variant(c, variant, latent_dim=8, gen_features=(16, 8), disc_features=(8, 16), n_critic=2)
   if variant == "tiny":
-    shrink(c, steps=4, batch_size=8)
-    c.sample_every = 2
     c.num_samples = 20
-    c.model.update(latent_dim=8, gen_features=(16, 8), disc_features=(8, 16), n_critic=2,
-                   standing_stats=32)
-  elif variant != "default":
-    raise ValueError(f"unknown variant {variant!r}; use 'default' or 'tiny' (datasets: --dataset).")
   return c
 
 

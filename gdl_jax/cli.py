@@ -17,6 +17,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import pkgutil
 import sys
 
@@ -216,25 +217,42 @@ def cmd_train(args, overrides) -> int:
   print(f"run written to {workdir}: config.json, metrics.jsonl, checkpoints/" +
         (", samples.png" if task.sample is not None else ""))
   if args.evaluate:
-    return cmd_evaluate(argparse.Namespace(run=workdir, num_samples=None, seed=0, no_features=False))
+    return cmd_evaluate(argparse.Namespace(run=workdir, num_samples=None, seed=0, no_features=False,
+                                           no_log_prob=False, tag=None))
   return 0
 
 
-def cmd_evaluate(args) -> int:
+def _evaluation_tag(args, overrides) -> str:
+  """'' for a plain evaluation, else the suffix of metrics_<tag>.json (--tag, or the overrides)."""
+  tag = args.tag if args.tag is not None else ",".join(overrides)
+  tag = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", tag).replace("model.", "")
+  if overrides and not tag:
+    raise UsageError("--tag must not be empty when --config overrides are given.")
+  return tag
+
+
+def cmd_evaluate(args, overrides=()) -> int:
   from gdl_jax.evaluation import harness
   from gdl_jax.evaluation.tasks import evaluate_task
   from gdl_jax.train import loop
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
+  tag = _evaluation_tag(args, list(overrides))
+  apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit
   task = module.build(config, dataset.info)
   state, keys = loop.latest_state(task, config, dataset, args.run)
+  if args.seed:  # another draw of the samples (and of any stochastic bound)
+    import jax
+    keys = {k: jax.random.fold_in(v, args.seed) for k, v in keys.items()}
   metrics = evaluate_task(task, state, dataset, config, keys, num_samples=args.num_samples,
-                         use_features=not args.no_features)
-  metrics = {"experiment": name, "dataset": config.dataset, "step": int(state.step), **metrics}
-  with open(os.path.join(args.run, "metrics.json"), "w") as f:
+                         use_features=not args.no_features, use_log_prob=not args.no_log_prob)
+  metrics = {"experiment": name, "dataset": config.dataset, "step": int(state.step),
+             **({"overrides": list(overrides)} if overrides else {}), **metrics}
+  suffix = f"_{tag}" if tag else ""
+  with open(os.path.join(args.run, f"metrics{suffix}.json"), "w") as f:
     json.dump(metrics, f, indent=2)
-  row = harness.markdown_table([(name, metrics)])
-  with open(os.path.join(args.run, "metrics.md"), "w") as f:
+  row = harness.markdown_table([(name + (f" [{tag}]" if tag else ""), metrics)])
+  with open(os.path.join(args.run, f"metrics{suffix}.md"), "w") as f:
     f.write(row + "\n")
   print(row)
   return 0
@@ -285,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--num_samples", type=int, default=None)
   e.add_argument("--seed", type=int, default=0)
   e.add_argument("--no_features", action="store_true", help="skip the classifier Fréchet distance")
+  e.add_argument("--no_log_prob", action="store_true", help="skip held-out bits/dim")
+  e.add_argument("--tag", default=None,
+                 help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
   s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint")
   s.add_argument("run")
   s.add_argument("--num", type=int, default=64)
@@ -302,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
   rest, overrides = _split_config_args(argv)
   parser = build_parser()
   args = parser.parse_args(rest)
-  if overrides and args.command != "train":
-    parser.error("--config.KEY=VALUE overrides only apply to `train`.")
+  if overrides and args.command not in ("train", "evaluate"):
+    parser.error("--config.KEY=VALUE overrides only apply to `train` and `evaluate`.")
   try:
     if args.command == "datasets":
       return cmd_datasets(args)
@@ -312,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
       return cmd_train(args, overrides)
     if args.command == "evaluate":
-      return cmd_evaluate(args)
+      return cmd_evaluate(args, overrides)
     if args.command == "sample":
       return cmd_sample(args)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError) as e:

@@ -64,3 +64,23 @@ def test_datasets_lists_offline_sources(capsys):
   assert cli.main(["datasets"]) == 0
   out = capsys.readouterr().out
   assert "digits" in out and "fashion_mnist" in out and "moons" in out
+
+
+def test_evaluate_with_sampler_overrides_writes_its_own_file(tmp_path, capsys):
+  """`evaluate RUN --config.model.sampler_steps=N` scores another sampler of the same weights into
+  metrics_<overrides>.json; the plain metrics.json is left as it was."""
+  wd = str(tmp_path / "run")
+  assert cli.main(["train", "ddpm", "--dataset", "digits", "--variant", "tiny", "--workdir", wd,
+                   "--quiet"]) == 0
+  assert cli.main(["evaluate", wd, "--no_features", "--num_samples", "16"]) == 0
+  plain = open(os.path.join(wd, "metrics.json")).read()
+  assert "bits_per_dim" in json.loads(plain)
+  assert cli.main(["evaluate", wd, "--no_features", "--no_log_prob", "--num_samples", "16",
+                   "--config.model.sampler_steps=3", "--config.model.sampler_eta=0.0"]) == 0
+  other = json.load(open(os.path.join(wd, "metrics_sampler_steps=3,sampler_eta=0.0.json")))
+  assert other["overrides"] == ["model.sampler_steps=3", "model.sampler_eta=0.0"]
+  assert "bits_per_dim" not in other and "novelty_ratio" in other
+  assert open(os.path.join(wd, "metrics.json")).read() == plain
+  capsys.readouterr()
+  assert cli.main(["evaluate", wd, "--config.model.no_such_key=1"]) == 2
+  assert "unknown config key" in _err(capsys)

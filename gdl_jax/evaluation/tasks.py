@@ -9,7 +9,7 @@ from gdl_jax import sharding
 
 
 def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None = None,
-                  use_features: bool = True) -> dict:
+                  use_features: bool = True, use_log_prob: bool = True) -> dict:
   """Held-out bits/dim (if task.log_prob), classifier Fréchet distance and novelty (if task.sample)."""
   from gdl_jax.evaluation import harness
   n = int(num_samples or min(1000, dataset.num_examples("test")))
@@ -21,7 +21,7 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
       return np.asarray(jax.device_get(task.sample(state, key, num)))
 
   log_prob_fn = None
-  if task.log_prob is not None:
+  if task.log_prob is not None and use_log_prob:
     lp = task.log_prob
 
     def log_prob_fn(batch, key):
