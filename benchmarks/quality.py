@@ -2,6 +2,8 @@
 
     python benchmarks/quality.py --dataset digits --runs runs/vae_digits runs/pixelcnn_digits ...
     python benchmarks/quality.py --dataset digits --train vae pixelcnn ddpm   # trains them first
+    python benchmarks/quality.py --dataset fashion_mnist --reuse_metrics --runs runs/*_fm \
+        --mixture_ks 10,30 --gmm_components 1,5 --fit_subset 5000   # saved metrics, cheaper baselines
 
 Writes benchmarks/results/quality_<dataset>.{md,json}. Every row uses the same test split, the same
 number of samples and the same cached Chapter 2 CNN for the Fréchet distance.
@@ -18,6 +20,16 @@ import time
 import jax
 
 
+def _saved(run: str, name: str, n) -> dict | None:
+  """A run's saved metrics file, if it exists (and, for n not None, used n samples)."""
+  path = os.path.join(run, name)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    m = json.load(f)
+  return m if n is None or m.get("num_samples") == n else None
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--dataset", default="digits")
@@ -26,6 +38,13 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", default="runs", help="where --train puts its runs")
   p.add_argument("--num_samples", type=int, default=None)
   p.add_argument("--no_baselines", action="store_true")
+  p.add_argument("--reuse_metrics", action="store_true",
+                 help="take RUN/metrics.json (and metrics_<tag>.json: other samplers) when it was "
+                      "computed with the same number of samples, instead of evaluating again")
+  p.add_argument("--mixture_ks", default="10,20,30,50", help="mixture sizes tried on validation")
+  p.add_argument("--gmm_components", default="1,2,5,10", help="GaussianMixture sizes tried")
+  p.add_argument("--em_iters", type=int, default=50)
+  p.add_argument("--fit_subset", type=int, default=10000, help="training images for GMM/KDE")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
 
@@ -40,7 +59,11 @@ def main(argv=None) -> int:
   _, clf_state = trained_classifier(ds, progress=False)
   feats = feature_fn(ds, progress=False)
   if not args.no_baselines:
-    rows.update(harness.baseline_table(ds, feats, key=jax.random.key(0), num_samples=n, verbose=True))
+    ints = lambda text: tuple(int(v) for v in text.split(","))
+    rows.update(harness.baseline_table(ds, feats, key=jax.random.key(0), num_samples=n, verbose=True,
+                                       mixture_ks=ints(args.mixture_ks), em_iters=args.em_iters,
+                                       gmm_components=ints(args.gmm_components),
+                                       fit_subset=args.fit_subset))
   runs = list(args.runs)
   for model in args.train:
     wd = os.path.join(args.workdir, f"{model}_{args.dataset}")
@@ -49,12 +72,16 @@ def main(argv=None) -> int:
       continue
     runs.append(wd)
   for run in runs:
-    if cli.main(["evaluate", run] + (["--num_samples", str(n)] if args.num_samples else [])) != 0:
-      print(f"evaluating {run} failed; skipped", file=sys.stderr)
-      continue
-    with open(os.path.join(run, "metrics.json")) as f:
-      m = json.load(f)
-    rows[f"{m['experiment']} ({m['step']} steps)"] = m
+    if not (args.reuse_metrics and _saved(run, "metrics.json", n)):
+      if cli.main(["evaluate", run, "--num_samples", str(n)]) != 0:
+        print(f"evaluating {run} failed; skipped", file=sys.stderr)
+        continue
+    names = ["metrics.json"] + (sorted(f for f in os.listdir(run) if f.startswith("metrics_")
+                                       and f.endswith(".json")) if args.reuse_metrics else [])
+    for name in names:
+      m = _saved(run, name, None)
+      tag = f" [{name[len('metrics_'):-len('.json')]}]" if name != "metrics.json" else ""
+      rows[f"{m['experiment']}{tag} ({m['step']} steps, {m.get('num_samples', '?')} samples)"] = m
   table = harness.markdown_table(rows)
   print(table)
   os.makedirs(args.out, exist_ok=True)

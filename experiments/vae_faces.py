@@ -3,8 +3,8 @@ stand-in for CelebA: face arithmetic and morphing.
 
 Run:  gdl-jax train vae_faces --workdir runs/vae_faces      (needs `pip install scikit-image`)
 Data: `skimage.data.lfw_subset()`: 100 faces (label 1) and 100 non-face crops (label 0) from LFW,
-25x25 floats in [0, 1] quantized to 256 levels; a seeded 160/40 split. Registered here as the
-dataset "lfw_subset". Same Task as vae_digits: loss -ELBO/dim with a discretized-logistic decoder,
+25x25 floats in [0, 1] quantized to 256 levels; a seeded 160/40 split: the dataset "lfw_subset"
+(gdl_jax/data/photos.py). Same Task as vae_digits: loss -ELBO/dim with a discretized-logistic decoder,
 log_prob = IWAE(k=64) in nats, samples = decoder mean of z ~ N(0, I).
 Artifacts: reconstructions, samples, latent scatter (face vs non-face), latent arithmetic with
 the "face" attribute vector (mean latent of faces minus the rest, added to non-face crops, as the
@@ -24,33 +24,12 @@ from __future__ import annotations
 import sys
 
 import ml_collections
-import numpy as np
 
 from experiments._common import base_config
 from experiments.vae_digits import apply_variant, build, model_config
-from gdl_jax.data import DataError, Dataset, DatasetInfo, register
+from gdl_jax.data.photos import load_lfw_subset
 
 __all__ = ["get_config", "build", "load_lfw_subset"]
-
-
-@register("lfw_subset", "LFW subset 25x25 grey, 256 levels, 100 faces + 100 non-faces, "
-          "160/40 split (scikit-image, offline)")
-def load_lfw_subset(data_dir: str = "") -> Dataset:
-  """skimage.data.lfw_subset() as a Dataset (label 1 = face, 0 = non-face)."""
-  del data_dir  # shipped inside scikit-image
-  try:
-    from skimage.data import lfw_subset
-  except ImportError as e:
-    raise DataError("lfw_subset needs scikit-image: `pip install scikit-image`.") from e
-  x = lfw_subset()                                                                # [200, 25, 25] in [0, 1]
-  images = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)[..., None]
-  labels = np.concatenate([np.ones(100), np.zeros(100)]).astype(np.int32)  # skimage: faces first
-  perm = np.random.default_rng(0).permutation(len(images))
-  test, train = np.sort(perm[:40]), np.sort(perm[40:])
-  info = DatasetInfo(name="lfw_subset", kind="image", shape=(25, 25, 1), levels=256, num_classes=2,
-                     class_names=("non-face", "face"), source="skimage.data.lfw_subset (LFW)")
-  return Dataset(info, {"image": images[train], "label": labels[train]},
-                 {"image": images[test], "label": labels[test]})
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:

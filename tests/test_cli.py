@@ -84,3 +84,13 @@ def test_evaluate_with_sampler_overrides_writes_its_own_file(tmp_path, capsys):
   capsys.readouterr()
   assert cli.main(["evaluate", wd, "--config.model.no_such_key=1"]) == 2
   assert "unknown config key" in _err(capsys)
+
+
+def test_gan_family_on_the_photo_crops(tmp_path):
+  """`train dcgan --dataset photo_crops` takes the DCGAN to 32x32 RGB (the CIFAR stand-in)."""
+  pytest.importorskip("skimage")
+  wd = tmp_path / "run"
+  assert cli.main(["train", "dcgan", "--dataset", "photo_crops", "--variant", "tiny", "--workdir",
+                   str(wd), "--quiet"]) == 0
+  cfg = json.load(open(wd / "config.json"))
+  assert cfg["dataset"] == "photo_crops" and (wd / "samples.png").exists()

@@ -81,3 +81,26 @@ def test_signed_round_trip():
   y = data.to_signed(x, 17)
   assert y.min() == -1 and y.max() == 1
   np.testing.assert_array_equal(data.from_signed(y, 17), x)
+
+
+def test_photo_crops_real_split_by_region_and_seeded():
+  pytest.importorskip("skimage")
+  from gdl_jax.data import photos
+  ds = data.load("photo_crops")
+  assert ds.info.shape == (32, 32, 3) and ds.info.levels == 256 and ds.info.num_classes == 7
+  assert ds.train["image"].shape == (4200, 32, 32, 3) and ds.test["image"].shape == (840, 32, 32, 3)
+  assert ds.train["image"].dtype == np.uint8
+  np.testing.assert_array_equal(np.bincount(ds.train["label"]), [600] * 7)
+  # real photographs: every crop has structure (not a constant patch of noise-free colour)
+  assert float(np.mean(ds.train["image"].reshape(4200, -1).std(1) > 2.0)) > 0.9
+  # no test crop appears in training (the split is by image region)
+  train = {x.tobytes() for x in ds.train["image"]}
+  assert not any(x.tobytes() in train for x in ds.test["image"])
+  again = photos.load_photo_crops()
+  np.testing.assert_array_equal(again.test["image"], ds.test["image"])
+
+
+def test_lfw_subset_registered_in_the_library():
+  pytest.importorskip("skimage")
+  ds = data.load("lfw_subset")
+  assert ds.info.shape == (25, 25, 1) and len(ds.train["image"]) == 160 and len(ds.test["image"]) == 40

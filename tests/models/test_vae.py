@@ -142,3 +142,26 @@ def test_autoencoder_overfits_one_batch():
   losses = _overfit(model, lambda p, k: O.autoencoder_loss(model, p, image, k)[0], params)
   assert np.all(np.isfinite(losses))
   assert losses[-5:].mean() < 0.5 * losses[:5].mean(), (losses[:5], losses[-5:])
+
+
+@pytest.mark.slow
+def test_vae_digits_quality_by_the_harness(digits, tmp_path):
+  """The default digits VAE (the README's main job): IWAE bits/dim below the mixture-of-categoricals
+  baseline, Fréchet distance below the independent-pixel baseline's, novelty ratio >= 0.8."""
+  from experiments import vae_digits
+  from gdl_jax.evaluation import harness
+  from gdl_jax.evaluation.classifier import feature_fn
+  from gdl_jax.evaluation.tasks import evaluate_task
+  from gdl_jax.train import loop
+  c = vae_digits.get_config()
+  task = vae_digits.build(c, digits.info)
+  state = loop.fit(task, c, digits, str(tmp_path), progress=False)
+  _, keys = loop.latest_state(task, c, digits, str(tmp_path))
+  m = evaluate_task(task, state, digits, c, keys)
+  base = harness.baseline_table(digits, feature_fn(digits, progress=False), key=jax.random.key(0),
+                                num_samples=m["num_samples"], which=("independent", "mixture"),
+                                mixture_ks=(10,))
+  mixture = next(v for k, v in base.items() if k.startswith("mixture of categoricals"))
+  assert m["bits_per_dim"] < mixture["bits_per_dim"], (m, base)
+  assert m["frechet_distance"] < base["independent categorical"]["frechet_distance"], (m, base)
+  assert m["novelty_ratio"] >= 0.8 and m["copy_share"] < 0.01, m
