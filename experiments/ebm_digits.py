@@ -7,16 +7,27 @@ The book's recipe: a swish CNN energy, negatives from `langevin_steps` Langevin 
 buffer of past negatives and 5% from uniform noise, loss = E(real) - E(fake) +
 alpha * (E(real)^2 + E(fake)^2), Adam(lr 1e-4, b1 0). The buffer lives in TrainState.extra.
 eval_step reports `rank_vs_noise`: the share of (held-out image, uniform-noise image) pairs in
-which the held-out image gets the lower energy. Samples (Task.sample): `sample_steps` Langevin
-steps from uniform noise. Artifacts: samples.png, buffer.png (current replay-buffer entries),
-chain.png (one row per chain, columns = Langevin steps) and chain_energy.png (mean and spread of
-E(x) over the steps).
+which the held-out image gets the lower energy.
+Samples (Task.sample): model.sample_init="buffer" continues random replay-buffer entries for
+`sample_steps` (60) Langevin steps: persistent chains, started from uniform noise during training
+and never from data (rule 2 checks they are not copies); sample_init="noise" runs fresh chains
+from uniform noise instead (the book's `generate_samples`, 1000 steps). Artifacts: samples.png,
+buffer.png (current replay-buffer entries), chain.png (one row per fresh chain from noise,
+`chain_steps` = 1000 steps, columns = Langevin steps) and chain_energy.png (mean and spread of
+E(x) over those steps).
 
-MEASURED (default config, 1500 steps, 2 CPU cores shared with ~7 jobs, 9.5 min wall incl.
-artifacts): rank_vs_noise 1.000 (every held-out image below every noise image, at every eval);
-`gdl-jax evaluate`: classifier Fréchet distance 29.0 for 359 samples after 1000 Langevin steps
-from noise (train-vs-test images: 2.1-2.7), novelty ratio 1.70, no copies. The samples are
-digit-shaped but speckled: the book trains ~20x longer.
+MEASURED (2 CPU cores, shared; FD = classifier Fréchet distance, 359 samples vs 359 held-out;
+the independent-pixel baseline's samples: 28.3; train-vs-test images 2.1-2.7):
+- default config, 1500 steps (9.5 min under heavy load): rank_vs_noise 1.000 at every eval;
+  buffer chains + 60 steps FD 14.4, novelty 1.76, no copies; fresh chains from noise after 1000
+  steps FD 29.0, novelty 1.70 (digit-shaped but speckled).
+- `--steps 5000` (22 min, load ~4): rank_vs_noise 1.000; buffer + 60 steps FD 11.0 / 8.6 (two
+  sampling seeds), novelty 1.53 / 1.50, no copies; from noise: FD 30.8 (60 steps), 28.0 (200),
+  68.1 (1000: the long chains from noise collapse onto a few round digits, see samples from
+  `--config.model.sample_init=noise`). Fresh short-run chains are what training never does: 95%
+  of its negatives continue the buffer, which is why the persistent chains are the sampler.
+Evaluate another sampler of the same weights: `gdl-jax evaluate RUN --config.model.sample_init=noise
+--config.model.sample_steps=1000` (writes metrics_<overrides>.json).
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ def model_config(**kw) -> ml_collections.ConfigDict:
       features=(16, 32, 64), kernels=(5, 3, 3), strides=(2, 2, 2), dense=64,
       alpha=0.1, langevin_steps=60, step_size=10.0, noise_scale=0.005, grad_clip=0.03,
       buffer_size=8192, reinit_prob=0.05, data_noise=0.005,
-      sample_steps=1000, chain_columns=11))
+      sample_init="buffer", sample_steps=60, chain_steps=1000, chain_columns=11))
   m.update(kw)
   return m
 
@@ -57,7 +68,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant == "tiny":
     shrink(c, steps=4, batch_size=8)
     c.model.update(features=(4, 8), kernels=(3, 3), strides=(2, 2), dense=8, langevin_steps=3,
-                   buffer_size=32, sample_steps=4, chain_columns=3)
+                   buffer_size=32, sample_steps=4, chain_steps=4, chain_columns=3)
   elif variant != "default":
     raise ValueError(f"unknown variant {variant!r}; use 'default' or 'tiny'.")
   return c
@@ -105,9 +116,18 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     rank = jnp.mean((e_real[:, None] < e_noise[None, :]).astype(jnp.float32))  # over all pairs
     return {"energy_test": e_real.mean(), "energy_noise": e_noise.mean(), "rank_vs_noise": rank}
 
-  def sample_signed(state, key, n, steps=None, return_chain=False):
+  sample_init = mc.get("sample_init", "noise")
+  if sample_init not in ("noise", "buffer"):
+    raise ValueError(f"model.sample_init={sample_init!r}; use 'noise' (fresh chains from uniform "
+                     "noise) or 'buffer' (continue the replay buffer's persistent chains).")
+
+  def sample_signed(state, key, n, steps=None, return_chain=False, init=None):
     k0, k_chain = jax.random.split(key)
-    x0 = jax.random.uniform(k0, (n,) + shape, jnp.float32, -1.0, 1.0)
+    if (init or sample_init) == "buffer":  # persistent chains: started from noise, never from data
+      buf = state.extra["buffer"]
+      x0 = buf[jax.random.choice(k0, buf.shape[0], (n,), replace=n > buf.shape[0])]
+    else:
+      x0 = jax.random.uniform(k0, (n,) + shape, jnp.float32, -1.0, 1.0)
     return langevin(energy_fn, state.params, x0, k_chain,
                     steps=int(mc.sample_steps if steps is None else steps),
                     return_chain=return_chain, **chain_kw)
@@ -122,7 +142,8 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     save_grid(np.asarray(from_signed(buf, levels)), os.path.join(workdir, "buffer.png"),
               levels=levels)
     rows = min(8, n)
-    res = sample_signed(state, key, rows, return_chain=True)
+    res = sample_signed(state, key, rows, steps=int(mc.get("chain_steps", mc.sample_steps)),
+                        return_chain=True, init="noise")  # the book's figure: noise -> digits
     chain = np.asarray(res.chain)  # [S, rows, H, W, C]
     cols = np.linspace(0, chain.shape[0] - 1, int(mc.chain_columns)).round().astype(int)
     grid = np.swapaxes(chain[cols], 0, 1).reshape((-1,) + shape)  # row = one chain

@@ -222,6 +222,16 @@ def cmd_train(args, overrides) -> int:
   return 0
 
 
+def _add_missing(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict) -> None:
+  """Copies keys of `defaults` that `config` lacks (recursively); existing values are kept."""
+  for k, v in defaults.items():
+    if k not in config:
+      with config.unlocked():
+        config[k] = v
+    elif isinstance(v, ml_collections.ConfigDict) and isinstance(config[k], ml_collections.ConfigDict):
+      _add_missing(config[k], v)
+
+
 def _evaluation_tag(args, overrides) -> str:
   """'' for a plain evaluation, else the suffix of metrics_<tag>.json (--tag, or the overrides)."""
   tag = args.tag if args.tag is not None else ",".join(overrides)
@@ -237,6 +247,8 @@ def cmd_evaluate(args, overrides=()) -> int:
   from gdl_jax.train import loop
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
+  if overrides:  # options added to the experiment after this run was made: their defaults
+    _add_missing(config, get_config(module, "default", config.dataset))
   tag = _evaluation_tag(args, list(overrides))
   apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit
   task = module.build(config, dataset.info)
