@@ -218,7 +218,7 @@ def cmd_train(args, overrides) -> int:
         (", samples.png" if task.sample is not None else ""))
   if args.evaluate:
     return cmd_evaluate(argparse.Namespace(run=workdir, num_samples=None, seed=0, no_features=False,
-                                           no_log_prob=False, tag=None))
+                                           no_log_prob=False, no_samples=False, tag=None))
   return 0
 
 
@@ -257,7 +257,8 @@ def cmd_evaluate(args, overrides=()) -> int:
     import jax
     keys = {k: jax.random.fold_in(v, args.seed) for k, v in keys.items()}
   metrics = evaluate_task(task, state, dataset, config, keys, num_samples=args.num_samples,
-                         use_features=not args.no_features, use_log_prob=not args.no_log_prob)
+                         use_features=not args.no_features, use_log_prob=not args.no_log_prob,
+                         use_samples=not args.no_samples)
   metrics = {"experiment": name, "dataset": config.dataset, "step": int(state.step),
              **({"overrides": list(overrides)} if overrides else {}), **metrics}
   suffix = f"_{tag}" if tag else ""
@@ -316,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("--seed", type=int, default=0)
   e.add_argument("--no_features", action="store_true", help="skip the classifier Fréchet distance")
   e.add_argument("--no_log_prob", action="store_true", help="skip held-out bits/dim")
+  e.add_argument("--no_samples", action="store_true",
+                 help="skip sampling (Fréchet distance, novelty): e.g. a PixelCNN on 28x28 draws "
+                      "784 sequential network passes per image")
   e.add_argument("--tag", default=None,
                  help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
   s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint")

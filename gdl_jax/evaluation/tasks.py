@@ -9,14 +9,15 @@ from gdl_jax import sharding
 
 
 def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None = None,
-                  use_features: bool = True, use_log_prob: bool = True) -> dict:
+                  use_features: bool = True, use_log_prob: bool = True,
+                  use_samples: bool = True) -> dict:
   """Held-out bits/dim (if task.log_prob), classifier Fréchet distance and novelty (if task.sample)."""
   from gdl_jax.evaluation import harness
   n = int(num_samples or min(1000, dataset.num_examples("test")))
   mesh = sharding.make_mesh()
 
   sample_fn = None
-  if task.sample is not None:
+  if task.sample is not None and use_samples:
     def sample_fn(key, num):
       return np.asarray(jax.device_get(task.sample(state, key, num)))
 
@@ -37,7 +38,7 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
       return np.concatenate(out)
 
   feature_fn = None
-  if use_features and task.sample is not None and dataset.info.kind == "image" and dataset.info.num_classes:
+  if use_features and sample_fn is not None and dataset.info.kind == "image" and dataset.info.num_classes:
     from gdl_jax.evaluation.classifier import feature_fn as make_feature_fn
     feature_fn = make_feature_fn(dataset, progress=False)
 
