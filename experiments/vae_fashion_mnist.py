@@ -9,11 +9,12 @@ in nats of the discrete images, samples = decoder mean of z ~ N(0, I).
 Artifacts: reconstructions, samples, latent scatter by class, latent arithmetic (class vector of
 `attribute_class`, default 7 = Sneaker), morphing.
 
-Expected result: the default 4000 steps were NOT run yet. Measured on a shortened run
-(--steps 600, same config otherwise; 2 CPU cores under heavy shared load, 710 s of training):
-held-out IWAE(k=64) 3.615 bits/dim on the first 1000 test images, held-out ELBO 3.737 bits/dim
-(first 256), train ELBO 3.615. Still improving at step 600. A full-test-set IWAE(k=64)
-evaluation is 640k decoder passes: minutes on CPU.
+MEASURED (default config, 4000 steps, 21 min of training on 2 CPU cores shared with 2 other
+runs; `gdl-jax train vae_fashion_mnist --evaluate`): held-out IWAE(k=64) 3.347 bits/dim on all
+10000 test images (ELBO 3.450 on the first 256), classifier Fréchet distance 17.7 (1000 samples
+= decoder means vs 1000 test images), novelty ratio 1.34, no exact copies. Same table: WGAN-GP
+`small` 15.3, independent categorical pixels 4.587 bits/dim / FD 86.8. The full-test-set IWAE is
+640k decoder passes: ~20 minutes of that evaluation on this CPU.
 """
 
 from __future__ import annotations
