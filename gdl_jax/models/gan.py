@@ -186,16 +186,7 @@ class MLPGenerator(nn.Module):
 
   @nn.compact
   def __call__(self, z, labels=None, *, train: bool = True):
-    _check_norm(self.norm)
-    x = z.astype(self.dtype or jnp.float32)                                          # [B, Z]
-    if self.num_classes:
-      y = _label_features(labels, self.num_classes, self.label_dim, self.dtype, self.param_dtype, "embed")
-      x = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
-    for f in self.features:
-      x = nn.Dense(f, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-      x = nn.relu(_Norm(self.norm, self.bn_momentum, self.dtype, self.param_dtype)(x, train=train))
-    x = nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-    return _at_least_f32(x)                                                          # [B, D]
+    return _mlp_player(self, z, labels, train, nn.relu, self.out_dim)               # [B, D]
 
 
 class MLPDiscriminator(nn.Module):
@@ -211,16 +202,20 @@ class MLPDiscriminator(nn.Module):
 
   @nn.compact
   def __call__(self, x, labels=None, *, train: bool = True):
-    _check_norm(self.norm)
-    x = x.astype(self.dtype or jnp.float32)                                          # [B, D]
-    if self.num_classes:
-      y = _label_features(labels, self.num_classes, self.label_dim, self.dtype, self.param_dtype, "embed")
-      x = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
-    for f in self.features:
-      x = nn.Dense(f, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-      x = nn.leaky_relu(_Norm(self.norm, self.bn_momentum, self.dtype, self.param_dtype)(x, train=train), 0.2)
-    x = nn.Dense(1, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-    return _at_least_f32(x[:, 0])                                                    # [B]
+    return _mlp_player(self, x, labels, train, lambda h: nn.leaky_relu(h, 0.2), 1)[:, 0]  # [B]
+
+
+def _mlp_player(m: nn.Module, x, labels, train: bool, act, out_dim: int):
+  """The shared body of the MLP players (called inside their compact __call__)."""
+  _check_norm(m.norm)
+  x = x.astype(m.dtype or jnp.float32)                                               # [B, Z or D]
+  if m.num_classes:
+    y = _label_features(labels, m.num_classes, m.label_dim, m.dtype, m.param_dtype, "embed")
+    x = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
+  for f in m.features:
+    x = nn.Dense(f, dtype=m.dtype, param_dtype=m.param_dtype)(x)
+    x = act(_Norm(m.norm, m.bn_momentum, m.dtype, m.param_dtype)(x, train=train))
+  return _at_least_f32(nn.Dense(out_dim, dtype=m.dtype, param_dtype=m.param_dtype)(x))  # [B, out]
 
 
 def _fitting_depth(h: int, w: int) -> int:

@@ -9,7 +9,7 @@ likelihoods themselves (Bernoulli, discretized logistic, Gaussian) live in
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, ClassVar, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -146,8 +146,8 @@ class Decoder(nn.Module):
     return PixelParams(loc=loc, log_scale=jnp.maximum(log_scale, MIN_LOG_SCALE), logit_probs=logits)
 
 
-class VAE(nn.Module):
-  """Variational autoencoder: q(z|x) = N(mean, diag var), p(z) = N(0, I), p(x|z) per pixel."""
+class _ConvEncoderDecoder(nn.Module):
+  """What the VAE and the autoencoder share: the conv encoder/decoder pair and the input check."""
 
   image_shape: tuple[int, int, int]
   levels: int
@@ -159,29 +159,35 @@ class VAE(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  variational: ClassVar[bool] = True  # the encoder outputs (mean, logvar) rather than a code
+
   def setup(self):
     check_likelihood(self.likelihood, self.num_mixtures)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = Encoder(self.latent_dim, tuple(self.features), self.hidden, True, **kw)
+    self.encoder = Encoder(self.latent_dim, tuple(self.features), self.hidden, self.variational, **kw)
     self.decoder = Decoder(tuple(self.image_shape), tuple(reversed(self.features)), self.hidden,
                            self.likelihood, self.num_mixtures, **kw)
 
   def model_input(self, image: jax.Array) -> jax.Array:
     """Integer levels -> the encoder's input in [-1, 1] (binarized first for a Bernoulli decoder)."""
     if tuple(image.shape[1:]) != tuple(self.image_shape):
-      raise ValueError(f"VAE built for images {tuple(self.image_shape)}, got batch {image.shape}; "
-                       "set model image_shape from the dataset's info.shape.")
+      raise ValueError(f"{type(self).__name__} built for images {tuple(self.image_shape)}, got batch "
+                       f"{image.shape}; set model image_shape from the dataset's info.shape.")
     if self.likelihood == "bernoulli":
       return to_signed(binarize(image, self.levels), 2)
     return to_signed(image, self.levels)
 
   def encode(self, image: jax.Array) -> Posterior:
-    """image: [B, H, W, C] integer levels -> q(z|x)."""
+    """image: [B, H, W, C] integer levels -> q(z|x) (the AE: Posterior(mean=z, logvar=None))."""
     return self.encoder(self.model_input(image))
 
   def decode(self, z: jax.Array) -> PixelParams:
     """z: [B, Z] -> p(x|z) parameters."""
     return self.decoder(z)
+
+
+class VAE(_ConvEncoderDecoder):
+  """Variational autoencoder: q(z|x) = N(mean, diag var), p(z) = N(0, I), p(x|z) per pixel."""
 
   def sample(self, key: jax.Array, n: int) -> Generated:
     """n latents from the prior N(0, I), decoded."""
@@ -196,42 +202,11 @@ class VAE(nn.Module):
     return VAEOutput(q, z, self.decode(z))
 
 
-class AutoEncoder(nn.Module):
+class AutoEncoder(_ConvEncoderDecoder):
   """Deterministic autoencoder (the book's first model): z = encoder(x), x ~ p(x | decoder(z))."""
 
-  image_shape: tuple[int, int, int]
-  levels: int
   latent_dim: int = 2
-  features: Sequence[int] = (32, 64)
-  hidden: int = 256
-  likelihood: str = "logistic"
-  num_mixtures: int = 1
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  def setup(self):
-    check_likelihood(self.likelihood, self.num_mixtures)
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = Encoder(self.latent_dim, tuple(self.features), self.hidden, False, **kw)
-    self.decoder = Decoder(tuple(self.image_shape), tuple(reversed(self.features)), self.hidden,
-                           self.likelihood, self.num_mixtures, **kw)
-
-  def model_input(self, image: jax.Array) -> jax.Array:
-    """Integer levels -> [-1, 1] (binarized first for a Bernoulli decoder)."""
-    if tuple(image.shape[1:]) != tuple(self.image_shape):
-      raise ValueError(f"AutoEncoder built for images {tuple(self.image_shape)}, got batch "
-                       f"{image.shape}; set model image_shape from the dataset's info.shape.")
-    if self.likelihood == "bernoulli":
-      return to_signed(binarize(image, self.levels), 2)
-    return to_signed(image, self.levels)
-
-  def encode(self, image: jax.Array) -> Posterior:
-    """image: [B, H, W, C] integer levels -> Posterior(mean=z, logvar=None)."""
-    return self.encoder(self.model_input(image))
-
-  def decode(self, z: jax.Array) -> PixelParams:
-    """z: [B, Z] -> p(x|z) parameters."""
-    return self.decoder(z)
+  variational: ClassVar[bool] = False
 
   def sample(self, key: jax.Array, n: int, mean: jax.Array, std: jax.Array) -> Generated:
     """Decode n codes drawn from N(mean, diag std^2): the AE has no prior, so the caller supplies a
