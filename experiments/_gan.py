@@ -157,4 +157,6 @@ def build_gan_task(config: ml_collections.ConfigDict, info: DatasetInfo, name: s
       save_grid(np.asarray(sample(state, k_class, k * steps, labels)),
                 os.path.join(workdir, "samples_by_class.png"), nrow=steps, levels=levels)
 
-  return Task(init=init, step=step, eval_step=eval_step, sample=sample, write_artifacts=write_artifacts)
+  sample_labeled = (lambda state, key, labels: sample(state, key, len(labels), labels)) if conditional else None
+  return Task(init=init, step=step, eval_step=eval_step, sample=sample, sample_labeled=sample_labeled,
+              write_artifacts=write_artifacts)

@@ -123,3 +123,19 @@ def feature_fn(dataset, **kw):
     return np.concatenate(out)
 
   return fn
+
+
+def label_fn(dataset, *, variant: str = "default", **kw):
+  """images (integer levels, NHWC) -> [N] labels predicted by the dataset's cached CNN, batched."""
+  import numpy as np
+  _, state = trained_classifier(dataset, variant=variant, **kw)
+  model = make_model(classifier_config(variant, dataset.info.name), dataset.info)
+  variables = {"params": state.params, **state.extra}
+  levels = dataset.info.levels
+  logits = jax.jit(lambda images: predict(model, variables, images, levels).logits)
+
+  def fn(images, batch_size: int = 500):
+    return np.concatenate([np.asarray(logits(jnp.asarray(images[i:i + batch_size]))).argmax(-1)
+                           for i in range(0, len(images), batch_size)])
+
+  return fn

@@ -26,6 +26,8 @@ FeatureFn = Callable[[np.ndarray], object]
 DEFAULT_COLUMNS = (("bits/dim", "bits_per_dim", "{:.3f}"), ("FD", "frechet_distance", "{:.2f}"),
                    ("novelty ratio", "novelty_ratio", "{:.3f}"), ("copy share", "copy_share", "{:.3f}"),
                    ("nll (nats)", "nll", "{:.4g}"))
+# Shown only when some row has them.
+OPTIONAL_COLUMNS = (("label accuracy", "conditional_accuracy", "{:.3f}"),)
 
 
 def _slice(split: dict, idx) -> dict:
@@ -213,9 +215,12 @@ def markdown_row(name: str, metrics: Mapping, columns=DEFAULT_COLUMNS) -> str:
   return "| " + " | ".join([name] + [_fmt(metrics.get(key), spec) for _, key, spec in columns]) + " |"
 
 
-def markdown_table(rows, columns=DEFAULT_COLUMNS) -> str:
-  """A markdown table from {name: metrics} or [(name, metrics), ...]."""
-  items = rows.items() if isinstance(rows, Mapping) else rows
+def markdown_table(rows, columns=None) -> str:
+  """A markdown table from {name: metrics} or [(name, metrics), ...] (default columns: the
+  DEFAULT_COLUMNS, plus each OPTIONAL_COLUMNS entry that some row has)."""
+  items = list(rows.items() if isinstance(rows, Mapping) else rows)
+  if columns is None:
+    columns = DEFAULT_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[1] in m for _, m in items))
   head = "| model | " + " | ".join(title for title, _, _ in columns) + " |"
   sep = "|" + "---|" * (len(columns) + 1)
   return "\n".join([head, sep] + [markdown_row(n, m, columns) for n, m in items])

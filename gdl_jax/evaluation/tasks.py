@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gdl_jax import sharding
@@ -42,5 +43,13 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
     from gdl_jax.evaluation.classifier import feature_fn as make_feature_fn
     feature_fn = make_feature_fn(dataset, progress=False)
 
-  return harness.evaluate(dataset, sample_fn=sample_fn, log_prob_fn=log_prob_fn,
-                          feature_fn=feature_fn, num_samples=n, key=keys["sample"])
+  out = harness.evaluate(dataset, sample_fn=sample_fn, log_prob_fn=log_prob_fn,
+                         feature_fn=feature_fn, num_samples=n, key=keys["sample"])
+  if feature_fn is not None and task.sample_labeled is not None:
+    # class-conditional models: does the classifier see the class that was asked for?
+    from gdl_jax.evaluation.classifier import label_fn
+    labels = np.arange(n) % int(dataset.info.num_classes)
+    x = np.asarray(jax.device_get(task.sample_labeled(state, jax.random.fold_in(keys["sample"], 1),
+                                                      jnp.asarray(labels))))
+    out["conditional_accuracy"] = float(np.mean(label_fn(dataset, progress=False)(x) == labels))
+  return out

@@ -36,6 +36,9 @@ class Task:
                                                       a lower bound such as IWAE, per example)
   features(state, images) -> [B, F]                  (optional; classifiers only: penultimate
                                                       features for the Fréchet distance)
+  sample_labeled(state, key, labels [n]) -> array    (optional; class-conditional models: one
+                                                      sample of each requested class; the harness
+                                                      reports how often the classifier agrees)
   """
 
   init: Callable[[jax.Array, Batch], TrainState]
@@ -44,6 +47,7 @@ class Task:
   sample: Optional[Callable[[TrainState, jax.Array, int], jax.Array]] = None
   log_prob: Optional[Callable[[TrainState, Batch, jax.Array], jax.Array]] = None
   features: Optional[Callable[[TrainState, jax.Array], jax.Array]] = None
+  sample_labeled: Optional[Callable[[TrainState, jax.Array, jax.Array], jax.Array]] = None
   # Extra artefacts an experiment writes after training (reconstructions, latent plots, ...):
   # write_artifacts(state, data, workdir, key) -> None
   write_artifacts: Optional[Callable[..., None]] = None

@@ -257,3 +257,31 @@ def test_baseline_table_runs_the_four_baselines(tiny_dataset):
   # Continuous densities pay for dequantization: worse than the exact discrete independent model here.
   assert rows[names[2]]["bits_per_dim"] > rows[names[0]]["bits_per_dim"]
   assert len(harness.markdown_table(rows).splitlines()) == 6
+
+
+def test_markdown_optional_label_accuracy_column():
+  table = harness.markdown_table([("cgan", {"frechet_distance": 5.0, "conditional_accuracy": 0.949}),
+                                  ("vae", {"frechet_distance": 8.0})])
+  assert table.splitlines()[0].endswith("| nll (nats) | label accuracy |")
+  assert table.splitlines()[2].endswith("| 0.949 |") and table.splitlines()[3].endswith("| – |")
+
+
+def test_evaluate_task_reports_conditional_accuracy(digits, monkeypatch):
+  """A Task with sample_labeled gets `conditional_accuracy`: the share of samples the dataset's
+  classifier labels as the class asked for (classifier faked: it reads the class off the pixels)."""
+  from gdl_jax.evaluation import classifier, tasks
+  from gdl_jax.train import Task
+  monkeypatch.setattr(classifier, "feature_fn", lambda ds, **kw: lambda im: im.reshape(len(im), -1)[:, :8].astype(np.float32))
+  monkeypatch.setattr(classifier, "label_fn", lambda ds, **kw: lambda im: im[:, 0, 0, 0] % 10)
+
+  def draw(labels, wrong_every):
+    x = np.zeros((len(labels), 8, 8, 1), np.int32) + np.asarray(labels)[:, None, None, None]
+    x[::wrong_every, 0, 0, 0] += 1                             # every k-th sample is the wrong class
+    return x
+
+  keys = {"sample": jax.random.key(0)}
+  for wrong_every, expect in ((1, 0.0), (4, 0.75)):
+    task = Task(init=None, step=None, sample=lambda s, k, n: draw(np.arange(n) % 10, 10 ** 6),
+                sample_labeled=lambda s, k, labels, w=wrong_every: draw(labels, w))
+    m = tasks.evaluate_task(task, None, digits, None, keys, num_samples=40, use_log_prob=False)
+    assert m["conditional_accuracy"] == pytest.approx(expect), m
