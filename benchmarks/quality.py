@@ -38,6 +38,9 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", default="runs", help="where --train puts its runs")
   p.add_argument("--num_samples", type=int, default=None)
   p.add_argument("--no_baselines", action="store_true")
+  p.add_argument("--baselines_from", default=None,
+                 help="take the baseline rows from an earlier quality_<dataset>.json (same dataset "
+                      "and number of samples) instead of fitting them again")
   p.add_argument("--reuse_metrics", action="store_true",
                  help="take RUN/metrics.json (and metrics_<tag>.json: other samplers) when it was "
                       "computed with the same number of samples, instead of evaluating again")
@@ -58,7 +61,16 @@ def main(argv=None) -> int:
   t0 = time.time()
   _, clf_state = trained_classifier(ds, progress=False)
   feats = feature_fn(ds, progress=False)
-  if not args.no_baselines:
+  if args.baselines_from:
+    with open(args.baselines_from) as f:
+      old = json.load(f)
+    old = {k: v for k, v in old.items() if "experiment" not in v}  # run rows carry "experiment"
+    if not old or any(v.get("num_samples") not in (None, n) for v in old.values()):
+      print(f"{args.baselines_from}: no baseline rows with {n} samples; pass a file written with "
+            "the same --num_samples, or drop --baselines_from", file=sys.stderr)
+      return 2
+    rows.update(old)
+  elif not args.no_baselines:
     ints = lambda text: tuple(int(v) for v in text.split(","))
     rows.update(harness.baseline_table(ds, feats, key=jax.random.key(0), num_samples=n, verbose=True,
                                        mixture_ks=ints(args.mixture_ks), em_iters=args.em_iters,
