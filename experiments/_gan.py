@@ -51,6 +51,8 @@ def gan_model_config(**kw) -> ml_collections.ConfigDict:
       ema_decay=0.999,          # 0 = no EMA (sample with the raw generator)
       standing_stats=512,       # BatchNorm stats for sampling re-estimated on this many latents
       disc_lr_mult=1.0,         # the critic's learning rate = optimizer.lr * this
+      truncation=1.0,           # samples use z * truncation (< 1: the truncation trick, fewer but
+                                # more typical samples); training always draws z ~ N(0, I)
   ))
   m.update(kw)
   return m
@@ -141,7 +143,8 @@ def build_gan_task(config: ml_collections.ConfigDict, info: DatasetInfo, name: s
     if conditional and labels is None:
       labels = gan_sampler.round_robin_labels(n, gen.num_classes)
     k_z, k_stats = jax.random.split(key)
-    return _generate(state, jax.random.normal(k_z, (n, latent_dim)), labels, k_stats)
+    z = jax.random.normal(k_z, (n, latent_dim)) * float(mc.get("truncation", 1.0))
+    return _generate(state, z, labels, k_stats)
 
   def write_artifacts(state, data, workdir, key):
     from gdl_jax.evaluation.grids import save_grid

@@ -31,3 +31,15 @@ def test_sample_labels_round_robin_and_shapes():
   np.testing.assert_allclose(x, S.decode(gen, v["params"], stats, z, S.round_robin_labels(6, 3)),
                              atol=1e-6)
   assert x.shape == (6, 8, 8, 1)
+
+
+def test_truncation_scales_the_sampling_latents(digits):
+  """model.truncation=0 collapses every sample onto G(0); 1 keeps them distinct (training unchanged)."""
+  from experiments import dcgan_digits
+  c = dcgan_digits.get_config("tiny", dataset="digits")
+  batch = {"image": digits.train["image"][:8], "label": digits.train["label"][:8]}
+  for trunc, all_same in ((0.0, True), (1.0, False)):
+    c.model.truncation = trunc
+    task = dcgan_digits.build(c, digits.info)
+    x = np.asarray(task.sample(task.init(jax.random.key(0), batch), jax.random.key(1), 6))
+    assert bool(np.all(x == x[:1])) == all_same
