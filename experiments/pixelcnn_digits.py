@@ -10,6 +10,11 @@ MEASURED (default config, 214,623 params, 1200 steps of batch 32 in 358 s on 2 s
 held-out bits/dim 1.771 on all 360 test digits (`gdl-jax evaluate RUN --no_features`), novelty
 ratio 1.41, copy share 0.0. For scale: independent-pixel / per-pixel logistic autoregressive
 baselines are about 2.08 and a mixture of independent categoricals about 2.2 bits/dim.
+Fashion-MNIST (`gdl-jax train pixelcnn --dataset fashion_mnist --variant small --steps 600`:
+32 features, batch 16; 39 min on 2 CPU cores shared with 2-3 other runs, ~1.5-2 s per step):
+3.366 held-out bits/dim on all 10000 test images (`gdl-jax evaluate RUN --no_samples`; sampling
+28x28 takes 784 sequential network passes). Still falling at step 600 (3.576 at 300); the
+independent-pixel baseline is 4.587 and the full VAE's IWAE bound 3.347.
 """
 
 from __future__ import annotations
