@@ -27,7 +27,7 @@ def _saved(run: str, name: str, n) -> dict | None:
     return None
   with open(path) as f:
     m = json.load(f)
-  return m if n is None or m.get("num_samples") == n else None
+  return m if n is None or m.get("num_samples", n) == n else None  # no samples: bits/dim only
 
 
 def main(argv=None) -> int:
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
   p.add_argument("--mixture_ks", default="10,20,30,50", help="mixture sizes tried on validation")
   p.add_argument("--gmm_components", default="1,2,5,10", help="GaussianMixture sizes tried")
   p.add_argument("--em_iters", type=int, default=50)
+  p.add_argument("--baselines", default="independent,mixture,gmm,kde", help="which baselines to fit")
   p.add_argument("--fit_subset", type=int, default=10000, help="training images for GMM/KDE")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
     rows.update(harness.baseline_table(ds, feats, key=jax.random.key(0), num_samples=n, verbose=True,
                                        mixture_ks=ints(args.mixture_ks), em_iters=args.em_iters,
                                        gmm_components=ints(args.gmm_components),
-                                       fit_subset=args.fit_subset))
+                                       fit_subset=args.fit_subset,
+                                       which=tuple(args.baselines.split(","))))
   runs = list(args.runs)
   for model in args.train:
     wd = os.path.join(args.workdir, f"{model}_{args.dataset}")
@@ -93,7 +95,9 @@ def main(argv=None) -> int:
     for name in names:
       m = _saved(run, name, None)
       tag = f" [{name[len('metrics_'):-len('.json')]}]" if name != "metrics.json" else ""
-      rows[f"{m['experiment']}{tag} ({m['step']} steps, {m.get('num_samples', '?')} samples)"] = m
+      exp = m["experiment"] + ("" if m["experiment"].endswith(m["dataset"]) else f" on {m['dataset']}")
+      n_s = f"{m['num_samples']} samples" if "num_samples" in m else "no samples"
+      rows[f"{exp}{tag} ({m['step']} steps, {n_s})"] = m
   table = harness.markdown_table(rows)
   print(table)
   os.makedirs(args.out, exist_ok=True)
