@@ -14,6 +14,10 @@ the decoded 12x12 code grid, latent arithmetic and morphing.
 Expected result (measured, default config, 1500 steps, 2 CPU cores under heavy shared load:
 224 s of training): held-out reconstruction 1.952 bits/dim (recon_bpd; not a likelihood: the
 code is given). The code scatter shows classes in separate arms spanning about [-20, 25].
+Fashion-MNIST (`gdl-jax train ae --dataset fashion_mnist --evaluate`, 1500 steps): held-out
+reconstruction 3.917 bits/dim; samples decoded from the Gaussian fit of the codes: FD 31.1 (1000
+vs 1000 test images), novelty ratio 0.77 - below 0.8: the decoded codes sit closer to training
+images than fresh test images do (rule 2 flags them), the book's point about AE sampling.
 """
 
 from __future__ import annotations
