@@ -84,6 +84,9 @@ def cache_dir() -> str:
   return os.environ.get("GDL_CACHE_DIR") or os.path.expanduser("~/.cache/gdl_jax")
 
 
+_RESTORED: dict = {}  # (directory, dataset, variant) -> (task, state), per process
+
+
 def trained_classifier(dataset, *, directory: str | None = None, variant: str = "default",
                        progress: bool = True):
   """(task, state) of the dataset's CNN, trained into the cache on first use."""
@@ -91,11 +94,15 @@ def trained_classifier(dataset, *, directory: str | None = None, variant: str = 
   import os
   from gdl_jax.train import loop
   directory = directory or os.path.join(cache_dir(), "classifiers", f"{dataset.info.name}_{variant}")
+  key = (os.path.abspath(directory), dataset.info.name, variant)
+  if key in _RESTORED:  # feature_fn and label_fn of one evaluation: restore the checkpoint once
+    return _RESTORED[key]
   config = classifier_config(variant, dataset.info.name)
   task = classifier_task(config, dataset.info)
   done = os.path.join(directory, "done.json")
   if os.path.exists(done):
     state, _ = loop.latest_state(task, config, dataset, directory)
+    _RESTORED[key] = task, state
     return task, state
   state = loop.fit(task, config, dataset, directory, experiment="classifier", progress=progress,
                    write_samples=False)
