@@ -48,6 +48,9 @@ def gan_model_config(**kw) -> ml_collections.ConfigDict:
       label_noise=0.0,          # DCGAN: noisy BCE targets (the book's NOISE_PARAM = 0.1)
       conditional=False,        # cGAN: labels into both players
       label_dim=0,              # 0: one-hot labels; > 0: a learned embedding of that size
+      aux_weight=0.0,           # cGAN: > 0 makes it an AC-GAN: the critic no longer sees the label
+                                # but gets a class head (cross-entropy on real labels, this weight)
+      aux_gen_weight=0.0,       # and the generator's cross-entropy on its fakes (this weight)
       ema_decay=0.999,          # 0 = no EMA (sample with the raw generator)
       standing_stats=512,       # BatchNorm stats for sampling re-estimated on this many latents
       disc_lr_mult=1.0,         # the critic's learning rate = optimizer.lr * this
@@ -84,9 +87,14 @@ def make_players(mc, info: DatasetInfo) -> tuple[Generator, Discriminator]:
                   norm=mc.gen_norm, bn_momentum=float(mc.bn_momentum), num_classes=k,
                   label_dim=int(mc.label_dim), init_std=float(mc.init_std))
   gen.base_size()  # validates the image shape against the number of stages now, with the fix
+  aux = float(mc.get("aux_weight", 0.0)) > 0 or float(mc.get("aux_gen_weight", 0.0)) > 0
+  if aux and not k:
+    raise ValueError("model.aux_weight / aux_gen_weight > 0 (the AC-GAN class head) needs "
+                     "model.conditional=True on a labelled dataset.")
   disc = Discriminator(tuple(mc.disc_features), kernel_size=int(mc.kernel_size), norm=mc.disc_norm,
-                       bn_momentum=float(mc.bn_momentum), dropout=float(mc.dropout), num_classes=k,
-                       label_dim=int(mc.label_dim), init_std=float(mc.init_std))
+                       bn_momentum=float(mc.bn_momentum), dropout=float(mc.dropout),
+                       num_classes=0 if aux else k, label_dim=int(mc.label_dim), aux_classes=k if aux else 0,
+                       init_std=float(mc.init_std))
   return gen, disc
 
 
@@ -113,7 +121,8 @@ def build_gan_task(config: ml_collections.ConfigDict, info: DatasetInfo, name: s
   step = make_gan_step(gen, disc, gen_opt, disc_opt, latent_dim=latent_dim, loss=mc.loss,
                        n_critic=n_critic, critic_batches=mc.critic_batches,
                        gp_weight=float(mc.gp_weight), clip_value=float(mc.clip_value),
-                       label_noise=float(mc.label_noise), ema_decay=float(mc.ema_decay) if ema else None,
+                       label_noise=float(mc.label_noise), aux_weight=float(mc.get("aux_weight", 0.0)),
+                       aux_gen_weight=float(mc.get("aux_gen_weight", 0.0)), ema_decay=float(mc.ema_decay) if ema else None,
                        levels=levels)
 
   @jax.jit

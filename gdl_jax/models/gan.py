@@ -13,6 +13,10 @@ The one family covers the chapter's variants through fields:
               BatchNorm is refused there because it couples the examples of a batch)
   CGAN        num_classes > 0 on both: the label enters the generator concatenated to z and the critic
               as extra channels broadcast over H x W (one-hot, or a learned embedding if label_dim > 0).
+  AC-GAN      conditional generator + Discriminator(num_classes=0, aux_classes=K): the critic does not
+              see the label; a second Dense head on its features gives class logits [B, K]
+              (`with_aux=True`), trained by cross-entropy (Odena et al. 2017; the conditional CIFAR-10
+              model of Gulrajani et al.'s WGAN-GP paper adds it to a WGAN-GP).
 The generator starts from a Dense projection to [H / 2^n, W / 2^n, features[0]] (n = len(features)),
 so 8x8, 28x28 and 32x32 images all work (the book's 1x1 -> 4x4 transposed conv needs powers of 2).
 """
@@ -133,6 +137,7 @@ class Discriminator(nn.Module):
 
   Stride-2 convs (features), norm on all but the first, LeakyReLU(0.2), optional dropout (the
   book's critic uses 0.3), then Dense(1). norm="batch" for DCGAN, "none"/"layer" for WGAN(-GP).
+  aux_classes > 0 adds the AC-GAN head: with_aux=True returns (scores [B], class logits [B, K]).
   """
 
   features: Sequence[int] = (64, 128)
@@ -142,13 +147,20 @@ class Discriminator(nn.Module):
   dropout: float = 0.0
   num_classes: int = 0
   label_dim: int = 0
+  aux_classes: int = 0
   init_std: float = 0.02
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, labels=None, *, train: bool = True):
+  def __call__(self, x, labels=None, *, train: bool = True, with_aux: bool = False):
     _check_norm(self.norm)
+    if with_aux and not self.aux_classes:
+      raise ValueError("with_aux=True needs the auxiliary classifier head: set aux_classes > 0.")
+    if self.aux_classes and self.num_classes:
+      raise ValueError("a critic with the class head (aux_classes > 0) must not take the label as input "
+                       "(num_classes > 0): the head would read the answer off its input channels. "
+                       "Use num_classes=0 with aux_classes.")
     if x.ndim != 4:
       raise ValueError(f"Discriminator expects images [B, H, W, C]; got shape {x.shape}.")
     init = _kernel_init(self.init_std)
@@ -168,8 +180,14 @@ class Discriminator(nn.Module):
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = x.reshape(x.shape[0], -1)                                                    # [B, h*w*F]
-    x = nn.Dense(1, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-    return _at_least_f32(x[:, 0])                                                    # [B]
+    score = nn.Dense(1, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    score = _at_least_f32(score[:, 0])                                               # [B]
+    if not self.aux_classes:
+      return score
+    # Always built (so init creates it), returned on request: the gradient penalty sees scores only.
+    logits = nn.Dense(self.aux_classes, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="aux")(x)                                                 # [B, K]
+    return (score, _at_least_f32(logits)) if with_aux else score
 
 
 class MLPGenerator(nn.Module):

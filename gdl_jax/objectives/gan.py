@@ -48,6 +48,11 @@ def wasserstein_gen_loss(fake_scores: jax.Array) -> jax.Array:
   return -fake_scores.mean()
 
 
+def auxiliary_class_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """AC-GAN's class term: mean cross-entropy of class logits [B, K] against integer labels [B]."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
 def random_interpolates(real: jax.Array, fake: jax.Array, key: jax.Array) -> jax.Array:
   """x_hat = e * real + (1 - e) * fake, e ~ U[0, 1] per example (Gulrajani et al. 2017)."""
   if real.shape != fake.shape:

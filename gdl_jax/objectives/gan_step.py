@@ -13,6 +13,10 @@ Batch handling for n_critic > 1 (`critic_batches`):
   "split": the batch [B, ...] is cut into n_critic micro-batches of B / n_critic, one per critic
           update (the original WGAN algorithm: fresh real data per critic iteration); the
           generator update then uses B / n_critic latents (and the first micro-batch's labels).
+Auxiliary classifier (aux_weight > 0, AC-GAN; the critic needs aux_classes = the number of classes
+and no label input):
+  the critic also minimises aux_weight * cross-entropy of its class head on the real images' labels,
+  the generator aux_gen_weight * cross-entropy on its fakes for the labels it was asked for.
 Batch-norm statistics: the critic's running stats are updated by its own updates only (real and
 fake halves pass separately, as in DCGAN); the generator's by the generator update only.
 """
@@ -37,13 +41,13 @@ def _tree_l2(tree) -> jax.Array:
   return optax.global_norm(tree) if jax.tree.leaves(tree) else jnp.zeros(())
 
 
-def apply_player(module, params, stats, *args, train: bool, rngs=None):
+def apply_player(module, params, stats, *args, train: bool, rngs=None, **kwargs):
   """module.apply with optional batch_stats; returns (output, new batch_stats or the old ones)."""
   variables = {"params": params, **({"batch_stats": stats} if stats else {})}
   if train and stats:
-    out, upd = module.apply(variables, *args, train=True, rngs=rngs, mutable=["batch_stats"])
+    out, upd = module.apply(variables, *args, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs)
     return out, upd["batch_stats"]
-  return module.apply(variables, *args, train=train, rngs=rngs), stats
+  return module.apply(variables, *args, train=train, rngs=rngs, **kwargs), stats
 
 
 def init_gan_state(generator, discriminator, gen_optimizer: optax.GradientTransformation,
@@ -66,6 +70,7 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
                   disc_optimizer: optax.GradientTransformation, *, latent_dim: int,
                   loss: str = "nsgan", n_critic: int = 1, critic_batches: str = "reuse",
                   gp_weight: float = 0.0, clip_value: float = 0.0, label_noise: float = 0.0,
+                  aux_weight: float = 0.0, aux_gen_weight: float = 0.0,
                   ema_decay: Optional[float] = None, levels: Optional[int] = None,
                   x_key: str = "image", jit: bool = True):
   """Returns `step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
@@ -76,7 +81,8 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
   levels: integer image levels, converted with `to_signed`; None for float data such as points.
   Conditional players (num_classes > 0) read batch["label"]. The key is folded with state.step.
   Metrics (scalars): loss (= d_loss, the loop's generic column), d_loss, g_loss, d_real, d_fake
-  (mean D outputs), wasserstein (d_real - d_fake), gp and grad_norm (with gp_weight), l2 norms of
+  (mean D outputs), wasserstein (d_real - d_fake), gp and grad_norm (with gp_weight), aux_real /
+  aux_fake and aux_acc_real / aux_acc_fake (the class head's cross-entropy and accuracy), l2 norms of
   gradients / params / generator updates; critic metrics are means over the n_critic updates.
   """
   if loss not in LOSSES:
@@ -91,6 +97,13 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
   if clip_value < 0 or gp_weight < 0:
     raise ValueError("clip_value and gp_weight must be >= 0.")
   conditional = getattr(generator, "num_classes", 0) > 0
+  if aux_weight < 0 or aux_gen_weight < 0:
+    raise ValueError("aux_weight and aux_gen_weight must be >= 0.")
+  use_aux = aux_weight > 0 or aux_gen_weight > 0
+  if use_aux and not (conditional and getattr(discriminator, "aux_classes", 0)):
+    raise ValueError("the auxiliary class loss needs a conditional generator (num_classes > 0) and a "
+                     "critic with the class head (Discriminator(num_classes=0, aux_classes=num_classes)).")
+  aux_kw = {"with_aux": True} if use_aux else {}                  # MLP critics take no with_aux
 
   def prepare(batch):
     if x_key not in batch:
@@ -109,15 +122,21 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
     fake, _ = generate(gparams, gstats, x.shape[0], labels, k_z, True)               # G stats: unchanged
     fake = jax.lax.stop_gradient(fake)
     real_out, dstats = apply_player(discriminator, dparams, dstats, x, labels, train=True,
-                                    rngs={"dropout": k_d1})
+                                    rngs={"dropout": k_d1}, **aux_kw)
     fake_out, dstats = apply_player(discriminator, dparams, dstats, fake, labels, train=True,
                                     rngs={"dropout": k_d2})
+    if use_aux:
+      real_out, real_logits = real_out
     if loss == "nsgan":
       value = losses.nonsaturating_disc_loss(real_out, fake_out, label_noise=label_noise, key=k_noise)
     else:
       value = losses.wasserstein_critic_loss(real_out, fake_out)
     metrics = {"d_loss": value, "d_real": real_out.mean(), "d_fake": fake_out.mean(),
                "wasserstein": real_out.mean() - fake_out.mean()}
+    if use_aux:
+      aux = losses.auxiliary_class_loss(real_logits, labels)
+      value = value + aux_weight * aux
+      metrics.update(aux_real=aux, aux_acc_real=jnp.mean(jnp.argmax(real_logits, -1) == labels))
     if gp_weight:
       x_hat = losses.random_interpolates(x, fake, k_gp)
       critic = lambda v: discriminator.apply({"params": dparams}, v, labels, train=True,
@@ -131,9 +150,16 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
     k_z, k_d = jax.random.split(key)
     fake, gstats = generate(gparams, gstats, n, labels, k_z, True)
     fake_out, _ = apply_player(discriminator, dparams, dstats, fake, labels, train=True,
-                               rngs={"dropout": k_d})                                # D stats: unchanged
+                               rngs={"dropout": k_d}, **aux_kw)              # D stats: unchanged
+    if use_aux:
+      fake_out, fake_logits = fake_out
     value = losses.nonsaturating_gen_loss(fake_out) if loss == "nsgan" else losses.wasserstein_gen_loss(fake_out)
-    return value, (gstats, {"g_loss": value})
+    metrics = {"g_loss": value}
+    if use_aux:
+      aux = losses.auxiliary_class_loss(fake_logits, labels)
+      value = value + aux_gen_weight * aux
+      metrics.update(aux_fake=aux, aux_acc_fake=jnp.mean(jnp.argmax(fake_logits, -1) == labels))
+    return value, (gstats, metrics)
 
   def step(state: TrainState, batch, key):
     key = jax.random.fold_in(key, state.step)

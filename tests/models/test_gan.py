@@ -44,6 +44,26 @@ def test_labels_condition_both_players():
     gen.init(jax.random.key(1), z, None, train=False)
 
 
+def test_auxiliary_class_head_is_a_second_output_of_the_same_critic():
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
+  labels = jnp.array([0, 4, 9])
+  plain = Discriminator((4, 8), norm="none")
+  aux = Discriminator((4, 8), norm="none", aux_classes=10)
+  v = aux.init(jax.random.key(1), x, labels, train=False)
+  assert set(v["params"]) == set(plain.init(jax.random.key(1), x, labels, train=False)["params"]) | {"aux"}
+  score = aux.apply(v, x, labels, train=False)
+  score2, logits = aux.apply(v, x, labels, train=False, with_aux=True)
+  assert score.shape == (3,) and logits.shape == (3, 10) and logits.dtype == jnp.float32
+  np.testing.assert_array_equal(score, score2)
+  # Without the head's parameters the same critic gives the same scores: the head only adds logits.
+  no_head = {"params": {k: p for k, p in v["params"].items() if k != "aux"}}
+  np.testing.assert_allclose(plain.apply(no_head, x, labels, train=False), score, rtol=1e-6)
+  with pytest.raises(ValueError, match="aux_classes > 0"):
+    plain.apply(no_head, x, labels, train=False, with_aux=True)
+  with pytest.raises(ValueError, match="must not take the label as input"):
+    Discriminator((4, 8), num_classes=10, aux_classes=10).init(jax.random.key(1), x, labels, train=False)
+
+
 def test_norm_variables():
   x = jnp.zeros((2, 8, 8, 1))
   kinds = {}
@@ -102,3 +122,23 @@ def test_experiment_tiny_end_to_end(name, tmp_path):
   cell = 8 * 8 + 1                                        # 8x8 digits drawn 8x larger, 1 px gaps
   assert Image.open(tmp_path / "interpolations.png").size == (10 * cell + 1, 8 * cell + 1)
   assert Image.open(tmp_path / "samples_by_class.png").size == (10 * cell + 1, 10 * cell + 1)
+
+
+def test_cgan_experiment_with_the_auxiliary_classifier():
+  """--config.model.aux_weight: the critic drops the label input and gets the class head."""
+  from experiments import cgan_digits
+  config = cgan_digits.get_config("tiny", dataset="digits")
+  config.model.aux_weight, config.model.aux_gen_weight = 1.0, 1.0
+  task = cgan_digits.build(config, DIGITS)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 17, (8, 8, 8, 1)).astype(np.uint8),
+           "label": rng.integers(0, 10, (8,)).astype(np.int32)}
+  state = task.init(jax.random.key(0), batch)
+  assert state.params["disc"]["aux"]["kernel"].shape[-1] == 10
+  assert "embed" not in state.params["disc"]
+  state, metrics = task.step(state, batch, jax.random.key(1))
+  assert {"aux_real", "aux_fake", "aux_acc_real", "aux_acc_fake"} <= set(metrics)
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  config.model.conditional = False
+  with pytest.raises(ValueError, match="needs model.conditional=True"):
+    cgan_digits.build(config, DIGITS)

@@ -45,6 +45,14 @@ def test_wasserstein_losses():
   np.testing.assert_allclose(G.wasserstein_gen_loss(fake), 0.5 / 3, rtol=1e-6)
 
 
+def test_auxiliary_class_loss_is_softmax_cross_entropy():
+  logits = jax.random.normal(jax.random.key(0), (5, 4)) * 3
+  labels = jnp.array([0, 3, 1, 1, 2])
+  lse = np.log(np.exp(np.asarray(logits, np.float64)).sum(-1))
+  expected = np.mean(lse - np.asarray(logits, np.float64)[np.arange(5), np.asarray(labels)])
+  np.testing.assert_allclose(float(G.auxiliary_class_loss(logits, labels)), expected, rtol=1e-5)
+
+
 def test_interpolates_lie_on_each_segment():
   k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
   real, fake = jax.random.normal(k1, (5, 3, 3, 2)), jax.random.normal(k2, (5, 3, 3, 2))
@@ -135,6 +143,31 @@ def test_step_refuses_bad_configs():
     make_gan_step(gen, disc, opt, opt, latent_dim=4, loss="hinge")
   with pytest.raises(ValueError, match="critic_batches"):
     make_gan_step(gen, disc, opt, opt, latent_dim=4, critic_batches="fresh")
+
+
+def test_auxiliary_classifier_step_learns_the_labels_of_real_digits():
+  """AC-GAN: the critic's class head learns real labels, the generator makes fakes it classifies."""
+  from sklearn.datasets import load_digits
+  d = load_digits()
+  x = jnp.asarray(d.images[:64, :, :, None] / 8.0 - 1.0, jnp.float32)               # [64, 8, 8, 1]
+  labels = jnp.asarray(d.target[:64], jnp.int32)
+  gen = Generator((8, 8, 1), features=(16, 8), num_classes=10)
+  disc = Discriminator(features=(16, 32), norm="none", aux_classes=10)          # label-blind critic
+  opt = optax.adam(3e-3, b1=0.5, b2=0.9)
+  state = init_gan_state(gen, disc, opt, opt, jax.random.key(0), x, labels, latent_dim=4, ema=False)
+  step = make_gan_step(gen, disc, opt, opt, latent_dim=4, loss="wgan", gp_weight=10.0,
+                       aux_weight=1.0, aux_gen_weight=1.0, levels=None, x_key="x")
+  hist = []
+  for t in range(80):
+    state, m = step(state, {"x": x, "label": labels}, jax.random.key(t))
+    hist.append({k: float(v) for k, v in m.items()})
+  first, last = hist[0], {k: np.mean([h[k] for h in hist[-10:]]) for k in hist[0]}
+  assert first["aux_acc_real"] < 0.3 and last["aux_acc_real"] > 0.9
+  assert last["aux_real"] < 0.5 * first["aux_real"]
+  assert last["aux_acc_fake"] > 0.8 and last["aux_fake"] < 0.5 * first["aux_fake"]
+  plain = Discriminator(features=(16, 32), norm="none")
+  with pytest.raises(ValueError, match="aux_classes=num_classes"):
+    make_gan_step(gen, plain, opt, opt, latent_dim=4, loss="wgan", aux_weight=1.0)
 
 
 def test_weight_clipping_step_keeps_critic_in_range():
