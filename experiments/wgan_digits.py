@@ -10,9 +10,12 @@ has no BatchNorm. Here the 5 critic updates reuse the batch with fresh latents
 Artifacts: samples.png, progress.gif (one fixed latent batch over training), interpolations.png
 (see experiments/_gan.py).
 
-Expected result: not measured yet (one tiny run only; ~0.4 s per step on the shared 2-core CPU it
-was developed on). Weight clipping keeping every critic parameter in [-0.01, 0.01] after each
-update is tested in tests/objectives/test_gan.py.
+Expected result (measured, digits, the default 4000 steps, 175 s on a shared 2-core CPU):
+classifier Fréchet distance 14.8 (359 EMA samples vs 359 held-out images), novelty ratio 1.62, no
+exact copies; noisy, partly recognisable digits. Same protocol, references: the DCGAN (2000 steps)
+9.7; independent categorical pixels 27.9. Clipping learns more slowly than the DCGAN or WGAN-GP, as
+Gulrajani et al. report. Weight clipping keeping every critic parameter in [-0.01, 0.01] after
+each update is tested in tests/objectives/test_gan.py.
 """
 
 from __future__ import annotations
