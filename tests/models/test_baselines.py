@@ -105,6 +105,61 @@ def test_em_step_matches_numpy(digit_images):
   np.testing.assert_allclose(new["log_weights"], np.log((nk + alpha) / (60 + 3 * alpha)), atol=1e-5)
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+  """Forces several padded example chunks (and a pixel remainder for D=25) in the mixture pass."""
+  monkeypatch.setattr(B, "_PASS_CHUNK_ELEMENTS", 64)
+  jax.clear_caches()                              # the constant is read when a jitted function traces
+  yield
+  jax.clear_caches()
+
+
+def test_pixel_major_counts_and_log_lik_match_loops(digit_images, small_chunks):
+  """The chunked scatter-add / gather against explicit loops: [D, L, K] counts, [N, K] log-liks."""
+  x = digit_images[:50, 1:6, 1:6] // 4                                   # [50, 5, 5, 1]: D=25, 5 levels
+  levels, k = 5, 4
+  x_flat = x.reshape(50, -1)
+  assert B._chunk_size(50, k) == 13 and 25 % B._PIXEL_GROUP != 0         # 4 chunks, 2 padded rows
+  w = scipy.special.softmax(np.cos(np.arange(50 * k).reshape(50, k)), axis=1)   # deterministic [N, K]
+  counts = np.zeros((25, levels, k))
+  for n in range(50):
+    for d in range(25):
+      counts[d, x_flat[n, d]] += w[n]
+  got = B._level_counts(jnp.asarray(x_flat), jnp.asarray(w, jnp.float32), levels)
+  np.testing.assert_allclose(got, counts, rtol=1e-5, atol=1e-6)
+  params, _ = B.fit_mixture(x, levels, k, 2, jax.random.key(10))
+  lp = np.asarray(params["log_probs"], np.float64).reshape(k, 25, levels)
+  loops = np.array([[sum(lp[j, d, v] for d, v in enumerate(img)) for j in range(k)] for img in x_flat])
+  got = B._component_log_lik(B._table(params["log_probs"], k), jnp.asarray(x_flat))
+  np.testing.assert_allclose(got, loops, rtol=1e-5)
+  np.testing.assert_allclose(B.mixture_log_prob(params, x), _mixture_brute(params, x), rtol=1e-5)
+
+
+def test_chunked_em_step_matches_numpy(digit_images, small_chunks):
+  x, alpha, levels, k = digit_images[:50, 1:6, 1:6] // 4, 0.5, 5, 4
+  params, _ = B.fit_mixture(x, levels, k, 1, jax.random.key(11), alpha=alpha)
+  objective, new = B.em_step(params, x, alpha)
+  lw = np.asarray(params["log_weights"], np.float64)
+  lp = np.asarray(params["log_probs"], np.float64).reshape(k, 25, levels)
+  oh = _onehot(x, levels)                                                 # [N, D, L]
+  joint = lw[None] + np.einsum("ndl,kdl->nk", oh, lp)
+  ll = scipy.special.logsumexp(joint, axis=1)
+  resp = np.exp(joint - ll[:, None])
+  counts, nk = np.einsum("nk,ndl->kdl", resp, oh), resp.sum(0)
+  np.testing.assert_allclose(objective, ll.sum() + alpha * (lp.sum() + lw.sum()), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(new["log_probs"]).reshape(k, 25, levels),
+                             np.log((counts + alpha) / (nk[:, None, None] + levels * alpha)), atol=1e-5)
+  np.testing.assert_allclose(new["log_weights"], np.log((nk + alpha) / (50 + k * alpha)), atol=1e-5)
+  assert new["log_probs"].shape == (k, 5, 5, 1, levels)
+
+
+def test_independent_counts_in_chunks(digit_images, small_chunks):
+  x = digit_images[:200]                                                  # 200 > 64: 4 chunks
+  expected = np.log((_onehot(x, 17).sum(0) + 0.5) / (200 + 17 * 0.5))
+  np.testing.assert_allclose(np.asarray(B.fit_independent(x, 17)["log_probs"]).reshape(64, 17), expected,
+                             atol=1e-5)
+
+
 @pytest.mark.parametrize("alpha", [0.5, 0.0])
 def test_em_objective_never_decreases(digit_images, alpha):
   x = digit_images[:300]
@@ -169,3 +224,19 @@ def test_kde_selects_best_validation_bandwidth_and_samples_levels(digit_images):
   g = B.fit_gmm(x, 17, jax.random.key(8), n_components=(2,), covariance_type="diag")
   sg = B.sklearn_sample(g, jax.random.key(9), 16, (8, 8, 1), 17)
   assert sg.shape == (16, 8, 8, 1) and sg.dtype == np.uint8
+
+
+def test_kde_grid_grows_past_its_edge_to_the_validation_optimum(digit_images):
+  """A grid entirely below the optimum (as 0.5w..4w is for 256 levels) is extended until the
+  validation score turns down, and the pick is the best of all values scored."""
+  from sklearn.neighbors import KernelDensity
+  x = digit_images[:300]
+  fit = lambda y, h: KernelDensity(bandwidth=h).fit(y)
+  model = B._select(fit, (0.01, 0.012), x, 17, jax.random.key(6), 0.2, grow=1.5)
+  scores = model.selection_["val_log_density"]
+  best = model.bandwidth
+  assert best == max(scores, key=scores.get) and best > 0.1                # far past the grid
+  above = min(v for v in scores if v > best)
+  assert scores[above] < scores[best] and max(scores) == above            # stopped one step past
+  fixed = B._select(fit, (0.01, 0.012), x, 17, jax.random.key(6), 0.2)    # no grow: stays inside
+  assert fixed.bandwidth == 0.012
