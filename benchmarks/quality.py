@@ -97,7 +97,8 @@ def main(argv=None) -> int:
       tag = f" [{name[len('metrics_'):-len('.json')]}]" if name != "metrics.json" else ""
       exp = m["experiment"] + ("" if m["experiment"].endswith(m["dataset"]) else f" on {m['dataset']}")
       n_s = f"{m['num_samples']} samples" if "num_samples" in m else "no samples"
-      rows[f"{exp}{tag} ({m['step']} steps, {n_s})"] = m
+      # The run directory is in the name: two runs of one experiment (other config) stay two rows.
+      rows[f"{exp}{tag} ({os.path.basename(os.path.normpath(run))}: {m['step']} steps, {n_s})"] = m
   table = harness.markdown_table(rows)
   print(table)
   os.makedirs(args.out, exist_ok=True)

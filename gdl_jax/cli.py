@@ -232,6 +232,20 @@ def _add_missing(config: ml_collections.ConfigDict, defaults: ml_collections.Con
       _add_missing(config[k], v)
 
 
+def _fill_added_keys(config: ml_collections.ConfigDict, module) -> None:
+  """Keys an experiment added after runs were saved, set to the values that reproduce those runs
+  (the module's KEYS_ADDED {"model.key": value}) where the saved config lacks them, so a later
+  default (e.g. the cGAN's class head) never changes the model an old checkpoint was trained as."""
+  for dotted, value in getattr(module, "KEYS_ADDED", {}).items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+      node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+    if isinstance(node, ml_collections.ConfigDict) and leaf not in node:
+      with node.unlocked():
+        node[leaf] = value
+
+
 def _evaluation_tag(args, overrides) -> str:
   """'' for a plain evaluation, else the suffix of metrics_<tag>.json (--tag, or the overrides)."""
   tag = args.tag if args.tag is not None else ",".join(overrides)
@@ -247,7 +261,8 @@ def cmd_evaluate(args, overrides=()) -> int:
   from gdl_jax.train import loop
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
-  if overrides:  # options added to the experiment after this run was made: their defaults
+  _fill_added_keys(config, module)
+  if overrides:  # other options added to the experiment after this run was made: their defaults
     _add_missing(config, get_config(module, "default", config.dataset))
   tag = _evaluation_tag(args, list(overrides))
   apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit

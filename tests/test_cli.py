@@ -86,6 +86,21 @@ def test_evaluate_with_sampler_overrides_writes_its_own_file(tmp_path, capsys):
   assert "unknown config key" in _err(capsys)
 
 
+def test_evaluate_reads_keys_added_later_as_the_old_behaviour():
+  """A cGAN run saved before model.aux_weight existed is the book's form, although the Fashion-MNIST
+  default is now the AC-GAN: the added keys take the module's KEYS_ADDED values, nothing else."""
+  from experiments import cgan_digits
+  config = cgan_digits.get_config("default", dataset="fashion_mnist")
+  assert config.model.aux_weight == 1.0
+  with config.model.unlocked():
+    del config.model["aux_weight"], config.model["aux_gen_weight"]
+  cli._fill_added_keys(config, cgan_digits)
+  assert (config.model.aux_weight, config.model.aux_gen_weight) == (0.0, 0.0)
+  config.model.aux_weight = 0.5                                  # a saved value is never replaced
+  cli._fill_added_keys(config, cgan_digits)
+  assert config.model.aux_weight == 0.5
+
+
 def test_gan_family_on_the_photo_crops(tmp_path):
   """`train dcgan --dataset photo_crops` takes the DCGAN to 32x32 RGB (the CIFAR stand-in)."""
   pytest.importorskip("skimage")
