@@ -36,6 +36,8 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
 import _timing  # noqa: E402
 
+_CALLER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # before gdl_jax.runtime's defaults
+
 # name -> (experiment module, dataset, family); get_config(variant, dataset=...) where accepted
 MODELS = {
     "cnn_digits": ("experiments.classifier", "digits", "cnn"),
@@ -418,10 +420,15 @@ def scaling_worker(name: str, rounds: int, window_s: float) -> None:
   print(json.dumps(out))
 
 
-def _run_step_worker(name: str, xla_flags: str, rounds: int, window_s: float) -> dict:
-  """The model's JAX step timed in a fresh process under the given XLA_FLAGS."""
+def _run_step_worker(name: str, xla_flags: str, rounds: int, window_s: float, plain: bool = False) -> dict:
+  """The model's JAX step timed in a fresh process under the given XLA_FLAGS (plain: without
+  gdl_jax.runtime's defaults)."""
+  from gdl_jax import runtime
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+  base = _CALLER_XLA_FLAGS if plain else env.get("XLA_FLAGS", "")
+  env["XLA_FLAGS"] = (base + " " + xla_flags).strip()
+  if plain:
+    env[runtime.SWITCH] = "0"
   env["JAX_PLATFORMS"] = "cpu"
   p = subprocess.run([sys.executable, os.path.abspath(__file__), "--scaling-worker", name,
                       "--rounds", str(rounds), "--window-s", str(window_s)],
@@ -450,9 +457,13 @@ def bench_scaling(models, counts, rounds, window_s) -> list[dict]:
 
 
 # XLA:CPU with oneDNN thunks for convolutions and matmuls, vs the default (Eigen) emitters
-XLA_VARIANTS = {"default": "", "onednn": "--xla_cpu_use_onednn=true",
+# "default" is how the JAX column runs: XLA_FLAGS plus gdl_jax.runtime's defaults; "plain XLA" drops
+# those (GDL_JAX_XLA_DEFAULTS=0, the caller's XLA_FLAGS only).
+PLAIN_XLA = "plain XLA"
+XLA_VARIANTS = {"default": "", PLAIN_XLA: "", "onednn": "--xla_cpu_use_onednn=true",
                 "1 thread": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
-XLA_VARIANT_MODELS = ("cnn_digits", "cnn_fashion", "vae_fashion", "dcgan_digits", "dcgan_fashion")
+XLA_VARIANT_MODELS = ("cnn_digits", "cnn_fashion", "vae_fashion", "dcgan_digits", "dcgan_fashion",
+                      "pixelcnn_digits", "ddpm_digits")
 
 
 def bench_xla_variants(models, rounds, window_s) -> list[dict]:
@@ -462,7 +473,7 @@ def bench_xla_variants(models, rounds, window_s) -> list[dict]:
     row = {"model": name}
     for variant, flags in XLA_VARIANTS.items():
       log(f"[xla flags] {name}: {variant} {flags}")
-      row[variant] = _run_step_worker(name, flags, rounds, window_s)
+      row[variant] = _run_step_worker(name, flags, rounds, window_s, plain=variant == PLAIN_XLA)
     a = row["default"].get("steps_per_s")
     row["speedup"] = {v: row[v]["steps_per_s"] / a for v in XLA_VARIANTS
                       if v != "default" and a and row[v].get("steps_per_s")}
@@ -610,6 +621,9 @@ def markdown(report: dict) -> str:
            + (f"; torch.matmul: {report['peak']['torch_gflops']:.1f} GFLOP/s" if report['peak'].get('torch_gflops') else "")
            + ".", "",
            "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", "",
+           f"JAX runs with XLA_FLAGS=`{report.get('xla_flags') or '(none)'}`"
+           + (f" (added by gdl_jax.runtime.apply_xla_defaults, as the gdl-jax CLI does: "
+              f"{' '.join(report['xla_flags_added'])})" if report.get("xla_flags_added") else "") + ".", "",
            f"Command: `{report['command']}`. Each round times one window (~{report['window_s']} s) of every "
            f"runner back to back; {report['rounds']} rounds. steps/s = median over rounds; ratios = "
            "median over rounds of (baseline seconds per step / JAX seconds per step), > 1 means JAX "
@@ -691,7 +705,9 @@ def markdown(report: dict) -> str:
     variants = [v for v in XLA_VARIANTS if v in report["xla_variants"][0]]
     lines += ["", "## The JAX step under other XLA:CPU settings", "",
               "One fresh process per setting (XLA_FLAGS is per process), run back to back, so these are "
-              "not interleaved. " + "; ".join(f"{v}: `{XLA_VARIANTS[v] or '(none)'}`" for v in variants) + ".", "",
+              "not interleaved. default: as the main table (gdl_jax.runtime's defaults); plain XLA: without "
+              "them; other settings are added to the default: "
+              + "; ".join(f"{v}: `{XLA_VARIANTS[v]}`" for v in variants if XLA_VARIANTS[v]) + ".", "",
               "| model | " + " | ".join(f"{v} steps/s" for v in variants) + " | " +
               " | ".join(f"{v} / default" for v in variants[1:]) + " |",
               "|---|" + "---|" * (2 * len(variants) - 1)]
@@ -778,6 +794,10 @@ def main(argv=None) -> int:
                  help="only run the oneDNN XLA-flag comparison and add it to <out>/speed.json (+ .md)")
   p.add_argument("--scaling-worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  from gdl_jax import runtime
+  global _CALLER_XLA_FLAGS
+  _CALLER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+  added = runtime.apply_xla_defaults()  # the JAX step runs as the gdl-jax CLI runs it
   args.rounds = args.rounds or (3 if args.quick else 7)
   args.window_s = args.window_s or (0.05 if args.quick else 0.6)
   args.scan_k = args.scan_k or (2 if args.quick else 4)
@@ -803,7 +823,8 @@ def main(argv=None) -> int:
   import jax
   report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine_info(),
             "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "quick": args.quick, "rounds": args.rounds, "window_s": args.window_s, "frameworks": frameworks,
+            "quick": args.quick, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "xla_flags_added": added, "rounds": args.rounds, "window_s": args.window_s, "frameworks": frameworks,
             "versions": {"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
                          "numpy": np.__version__}, "notes": []}
   import flax, optax

@@ -347,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from gdl_jax import runtime
+  runtime.apply_xla_defaults()  # before the first computation; a no-op once a backend is running
   from gdl_jax.data.info import DataError
   from gdl_jax.train.checkpoint import CheckpointError
   from gdl_jax.train.loop import NonFiniteLossError, RunDirError
