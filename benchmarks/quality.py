@@ -103,8 +103,9 @@ def main(argv=None) -> int:
   print(table)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, f"quality_{args.dataset}.md"), "w") as f:
+    source = f"; baseline rows from {os.path.basename(args.baselines_from)}" if args.baselines_from else ""
     f.write(f"# Quality on {args.dataset} ({n} samples, held-out split; "
-            f"{time.time() - t0:.0f}s)\n\n{table}\n")
+            f"{time.time() - t0:.0f}s{source})\n\n{table}\n")
   with open(os.path.join(args.out, f"quality_{args.dataset}.json"), "w") as f:
     json.dump(rows, f, indent=2, default=str)
   return 0

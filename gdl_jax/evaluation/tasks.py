@@ -51,5 +51,8 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
     labels = np.arange(n) % int(dataset.info.num_classes)
     x = np.asarray(jax.device_get(task.sample_labeled(state, jax.random.fold_in(keys["sample"], 1),
                                                       jnp.asarray(labels))))
-    out["conditional_accuracy"] = float(np.mean(label_fn(dataset, progress=False)(x) == labels))
+    hit = np.asarray(label_fn(dataset, progress=False)(x)) == labels
+    out["conditional_accuracy"] = float(np.mean(hit))
+    out["conditional_accuracy_per_class"] = [float(np.mean(hit[labels == k]))
+                                             for k in range(int(dataset.info.num_classes))]
   return out

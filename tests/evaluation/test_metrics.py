@@ -285,3 +285,5 @@ def test_evaluate_task_reports_conditional_accuracy(digits, monkeypatch):
                 sample_labeled=lambda s, k, labels, w=wrong_every: draw(labels, w))
     m = tasks.evaluate_task(task, None, digits, None, keys, num_samples=40, use_log_prob=False)
     assert m["conditional_accuracy"] == pytest.approx(expect), m
+  # Samples 0, 4, ..., 36 are wrong: labels 0, 4, 8, 2, 6, 0, 4, 8, 2, 6 -> even classes 2 of 4 right.
+  assert m["conditional_accuracy_per_class"] == [0.5, 1.0] * 5
