@@ -112,8 +112,8 @@ def test_ebm_digits_ranks_held_out_below_noise(digits, tmp_path):
   import json
   from gdl_jax.evaluation import harness
   from gdl_jax.evaluation.classifier import feature_fn
-  from tests.models.test_vae import _train_in_subprocess
-  m = _train_in_subprocess(["ebm", "--dataset", "digits"], tmp_path)
+  from tests.helpers import train_in_subprocess
+  m = train_in_subprocess(["ebm", "--dataset", "digits"], tmp_path / "run")
   wd = tmp_path / "run"
   evals = [json.loads(line) for line in open(wd / "metrics.jsonl")]
   rank = [e["rank_vs_noise"] for e in evals if e.get("split") == "test"][-1]

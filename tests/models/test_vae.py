@@ -144,28 +144,14 @@ def test_autoencoder_overfits_one_batch():
   assert losses[-5:].mean() < 0.5 * losses[:5].mean(), (losses[:5], losses[-5:])
 
 
-def _train_in_subprocess(args, tmp_path):
-  """`gdl-jax train ARGS --evaluate` in a fresh process (one CPU device; the test session's two
-  virtual devices made XLA:CPU's in-process AllReduce abort under heavy load) -> metrics.json."""
-  import json
-  import os
-  import subprocess
-  import sys
-  wd = str(tmp_path / "run")
-  env = {**os.environ, "PYTHONPATH": os.getcwd()}
-  subprocess.run([sys.executable, "-m", "gdl_jax.cli", "train", *args, "--workdir", wd, "--evaluate",
-                  "--quiet"], check=True, env=env)
-  with open(os.path.join(wd, "metrics.json")) as f:
-    return json.load(f)
-
-
 @pytest.mark.slow
 def test_vae_digits_quality_by_the_harness(digits, tmp_path):
   """The default digits VAE (the README's main job): IWAE bits/dim below the mixture-of-categoricals
   baseline, Fréchet distance below the independent-pixel baseline's, novelty ratio >= 0.8."""
   from gdl_jax.evaluation import harness
   from gdl_jax.evaluation.classifier import feature_fn
-  m = _train_in_subprocess(["vae", "--dataset", "digits"], tmp_path)
+  from tests.helpers import train_in_subprocess
+  m = train_in_subprocess(["vae", "--dataset", "digits"], tmp_path / "run")
   base = harness.baseline_table(digits, feature_fn(digits, progress=False), key=jax.random.key(0),
                                 num_samples=m["num_samples"], which=("independent", "mixture"),
                                 mixture_ks=(10,))
