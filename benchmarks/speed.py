@@ -795,9 +795,7 @@ def main(argv=None) -> int:
   p.add_argument("--scaling-worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   from gdl_jax import runtime
-  global _CALLER_XLA_FLAGS
-  _CALLER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
-  added = runtime.apply_xla_defaults()  # the JAX step runs as the gdl-jax CLI runs it
+  added = runtime.apply_xla_defaults()  # as the gdl-jax CLI runs; _CALLER_XLA_FLAGS was read before
   args.rounds = args.rounds or (3 if args.quick else 7)
   args.window_s = args.window_s or (0.05 if args.quick else 0.6)
   args.scan_k = args.scan_k or (2 if args.quick else 4)

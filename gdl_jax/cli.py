@@ -236,14 +236,14 @@ def _fill_added_keys(config: ml_collections.ConfigDict, module) -> None:
   """Keys an experiment added after runs were saved, set to the values that reproduce those runs
   (the module's KEYS_ADDED {"model.key": value}) where the saved config lacks them, so a later
   default (e.g. the cGAN's class head) never changes the model an old checkpoint was trained as."""
+  legacy: dict = {}
   for dotted, value in getattr(module, "KEYS_ADDED", {}).items():
     *parents, leaf = dotted.split(".")
-    node = config
+    node = legacy
     for p in parents:
-      node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
-    if isinstance(node, ml_collections.ConfigDict) and leaf not in node:
-      with node.unlocked():
-        node[leaf] = value
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  _add_missing(config, ml_collections.ConfigDict(legacy))
 
 
 def _evaluation_tag(args, overrides) -> str:
