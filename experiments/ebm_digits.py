@@ -51,6 +51,11 @@ from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
 
 
+# Runs saved before model.sample_init existed sampled fresh chains from noise: `gdl-jax evaluate`
+# reads the missing key as that, also when other options are overridden (not as today's "buffer").
+KEYS_ADDED = {"model.sample_init": "noise"}
+
+
 def model_config(**kw) -> ml_collections.ConfigDict:
   """Energy network, Langevin and buffer hyper-parameters (the book's values where they apply)."""
   m = ml_collections.ConfigDict(dict(

@@ -101,6 +101,18 @@ def test_evaluate_reads_keys_added_later_as_the_old_behaviour():
   assert config.model.aux_weight == 0.5
 
 
+def test_old_ebm_runs_keep_sampling_from_noise_under_overrides():
+  """An EBM run saved before model.sample_init existed read it as "noise" (the build's fallback);
+  evaluate with overrides used to fill today's default "buffer" instead."""
+  from experiments import ebm_digits
+  config = ebm_digits.get_config("default")
+  with config.model.unlocked():
+    del config.model["sample_init"]
+  cli._fill_added_keys(config, ebm_digits)
+  cli._add_missing(config, ebm_digits.get_config("default"))
+  assert config.model.sample_init == "noise"
+
+
 def test_gan_family_on_the_photo_crops(tmp_path):
   """`train dcgan --dataset photo_crops` takes the DCGAN to 32x32 RGB (the CIFAR stand-in)."""
   pytest.importorskip("skimage")
