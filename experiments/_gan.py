@@ -19,13 +19,42 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gdl_jax.configs import (DECAY, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError,
+                             Needs, OneOf)
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
-from gdl_jax.models.gan import Discriminator, Generator
-from gdl_jax.objectives.gan_step import apply_player, init_gan_state, make_gan_step
+from gdl_jax.models.gan import NORMS, Discriminator, Generator
+from gdl_jax.objectives.gan_step import CRITIC_BATCHES, LOSSES, apply_player, init_gan_state, make_gan_step
 from gdl_jax.optim import make_optimizer
 from gdl_jax.samplers import gan as gan_sampler
 from gdl_jax.train.task import Task
 
+# What every GAN config may hold (each <gan>_<dataset> module re-exports these for the CLI).
+NEEDS = Needs("image", levels=True)
+RULES = {
+    "model.loss": OneOf(LOSSES), "model.critic_batches": OneOf(CRITIC_BATCHES),
+    "model.gen_norm": OneOf(NORMS), "model.disc_norm": OneOf(NORMS),
+    "model.kernel_size": POSITIVE_INT, "model.bn_momentum": DECAY, "model.init_std": NON_NEGATIVE,
+    "model.n_critic": POSITIVE_INT, "model.gp_weight": NON_NEGATIVE, "model.clip_value": NON_NEGATIVE,
+    "model.label_noise": DECAY, "model.label_dim": NON_NEGATIVE_INT, "model.aux_weight": NON_NEGATIVE,
+    "model.aux_gen_weight": NON_NEGATIVE, "model.standing_stats": NON_NEGATIVE_INT,
+    "model.disc_lr_mult": POSITIVE, "model.truncation": POSITIVE,
+}
+
+
+def check(config, info: DatasetInfo) -> None:
+  """Constraints between keys and against the images (the single values are in RULES)."""
+  mc = config.model
+  try:
+    make_players(mc, info)  # classes for a conditional GAN, image size vs generator stages
+  except ValueError as e:
+    raise ConfigError(f"config {e}") from e
+  if float(mc.gp_weight) > 0 and mc.disc_norm == "batch":
+    raise ConfigError(f"config model.gp_weight={mc.gp_weight} needs a critic that treats examples "
+                      "independently; pass --config.model.disc_norm=none (or layer), or gp_weight=0.")
+  if mc.critic_batches == "split" and int(config.batch_size) % int(mc.n_critic):
+    raise ConfigError(f"config model.critic_batches='split' needs batch_size={config.batch_size} divisible "
+                      f"by model.n_critic={mc.n_critic}; pass --config.batch_size="
+                      f"{max(int(config.batch_size) // int(mc.n_critic), 1) * int(mc.n_critic)}.")
 
 
 def gan_model_config(**kw) -> ml_collections.ConfigDict:
@@ -82,14 +111,14 @@ def apply_gan_variant(c: ml_collections.ConfigDict, variant: str, **tiny_model) 
 def make_players(mc, info: DatasetInfo) -> tuple[Generator, Discriminator]:
   k = int(info.num_classes or 0) if mc.conditional else 0
   if mc.conditional and not k:
-    raise ValueError(f"model.conditional=True needs a labelled dataset; {info.name!r} has no classes.")
+    raise ConfigError(f"model.conditional=True needs a labelled dataset; {info.name!r} has no classes.")
   gen = Generator(tuple(info.shape), tuple(mc.gen_features), kernel_size=int(mc.kernel_size),
                   norm=mc.gen_norm, bn_momentum=float(mc.bn_momentum), num_classes=k,
                   label_dim=int(mc.label_dim), init_std=float(mc.init_std))
   gen.base_size()  # validates the image shape against the number of stages now, with the fix
   aux = float(mc.get("aux_weight", 0.0)) > 0 or float(mc.get("aux_gen_weight", 0.0)) > 0
   if aux and not k:
-    raise ValueError("model.aux_weight / aux_gen_weight > 0 (the AC-GAN class head) needs "
+    raise ConfigError("model.aux_weight / aux_gen_weight > 0 (the AC-GAN class head) needs "
                      "model.conditional=True on a labelled dataset.")
   disc = Discriminator(tuple(mc.disc_features), kernel_size=int(mc.kernel_size), norm=mc.disc_norm,
                        bn_momentum=float(mc.bn_momentum), dropout=float(mc.dropout),
@@ -100,8 +129,8 @@ def make_players(mc, info: DatasetInfo) -> tuple[Generator, Discriminator]:
 
 def build_gan_task(config: ml_collections.ConfigDict, info: DatasetInfo, name: str = "gan") -> Task:
   """The two-player Task for any image dataset with discrete levels."""
-  if info.kind != "image" or info.levels is None:
-    raise ValueError(f"{name} needs an image dataset with levels, got {info.name!r} (kind={info.kind!r}).")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"{name} {problem}")
   mc = config.model
   gen, disc = make_players(mc, info)
   levels, latent_dim = int(info.levels), int(mc.latent_dim)

@@ -27,9 +27,9 @@ import sys
 import ml_collections
 
 from experiments._common import base_config
-from experiments.vae_digits import apply_variant, build, model_config
+from experiments.vae_digits import NEEDS, RULES, apply_variant, build, check, model_config
 
-__all__ = ["get_config", "build"]
+__all__ = ["get_config", "build", "check", "NEEDS", "RULES"]
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:

@@ -26,6 +26,7 @@ MEASURED (2-core CPU shared with other jobs, load ~8; 2500 steps at batch 64 in 
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import jax
@@ -34,14 +35,62 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
+from gdl_jax.configs import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Needs, OneOf, Range
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
 from gdl_jax.models.diffusion import DiffusionModel
-from gdl_jax.objectives.diffusion import bits_per_dim, diffusion_loss, subchain, vlb_terms
+from gdl_jax.objectives.diffusion import (PREDICTIONS, SCHEDULES, bits_per_dim, diffusion_loss, subchain,
+                                          vlb_terms)
 from gdl_jax.optim import make_optimizer
 from gdl_jax.samplers.diffusion import ddim_sample, ddpm_sample
 from gdl_jax.train.state import TrainState
 from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
+
+
+# What the config may hold (checked before anything is built; gdl_jax.configs has the common rules).
+NEEDS = Needs("image", levels=True)
+RULES = {
+    "model.dtype": OneOf("float32", "bfloat16", "float16"), "model.schedule": OneOf(SCHEDULES),
+    "model.prediction": OneOf(PREDICTIONS), "model.base_channels": POSITIVE_INT,
+    "model.channel_mults": POSITIVE_INT, "model.attention_levels": NON_NEGATIVE_INT,
+    "model.groups": POSITIVE_INT, "model.num_timesteps": Range(2, integer=True),
+    "model.sampler_steps": POSITIVE_INT, "model.sampler_eta": NON_NEGATIVE,
+    "model.trajectory_columns": POSITIVE_INT,
+}
+
+
+def check(config, info: DatasetInfo) -> None:
+  """Constraints between keys (the single values are in RULES)."""
+  mc = config.model
+  base, mults, levels = int(mc.base_channels), tuple(mc.channel_mults), len(mc.channel_mults)
+  if base % 2:
+    raise ConfigError(f"config model.base_channels={base} must be even (the time embedding's size); "
+                      f"pass --config.model.base_channels={base + 1}.")
+  for ch in sorted({base} | {base * m for m in mults}):
+    if ch % min(int(mc.groups), ch):
+      raise ConfigError(f"config model.groups={mc.groups} does not divide {ch} channels (base_channels * "
+                        "channel_mults); pass a model.groups dividing every level's channels, e.g. "
+                        f"--config.model.groups={math.gcd(*([base] + [base * m for m in mults]))}.")
+  bad = [i for i in mc.attention_levels if i >= levels]
+  if bad:
+    raise ConfigError(f"config model.attention_levels={tuple(mc.attention_levels)} names levels {bad}, but "
+                      f"channel_mults has {levels} (0..{levels - 1}); pass e.g. --config.model.attention_levels='()'.")
+  for level in set(mc.attention_levels) | {levels - 1}:  # the bottleneck always attends
+    if (base * mults[level]) % int(mc.num_heads):
+      raise ConfigError(f"config model.num_heads={mc.num_heads} does not divide the {base * mults[level]} "
+                        f"channels of attention level {level}; pass --config.model.num_heads=1.")
+  T = int(mc.num_timesteps)
+  if int(mc.sampler_steps) > T:
+    raise ConfigError(f"config model.sampler_steps={mc.sampler_steps} must be in 1..num_timesteps={T}; "
+                      f"pass --config.model.sampler_steps={T}.")
+  chain = int(mc.vlb_chain_steps) or T  # the chain whose bound log_prob is
+  if chain > T:
+    raise ConfigError(f"config model.vlb_chain_steps={chain} must be in 0..num_timesteps={T}; "
+                      f"pass --config.model.vlb_chain_steps={T}.")
+  for name in ("vlb_steps", "eval_vlb_steps"):
+    if int(mc[name]) > chain:
+      raise ConfigError(f"config model.{name}={mc[name]} must be in 0..{chain} (the chain's steps; 0 = "
+                        "exact for vlb_steps, off for eval_vlb_steps).")
 
 
 def model_config(**kw) -> ml_collections.ConfigDict:
@@ -78,9 +127,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   """The diffusion Task for any image dataset (the Fashion-MNIST experiment reuses it)."""
-  if info.kind != "image" or info.levels is None:
-    raise ValueError(f"diffusion experiments need an image dataset with levels; got {info.name!r} "
-                     f"(kind={info.kind!r}).")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"diffusion experiments {problem}")
+  check(config, info)
   mc = config.model
   model = DiffusionModel.from_config(mc, info.shape[-1])
   diff = model.diffusion
@@ -103,12 +152,6 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   step = make_train_step(loss_fn, optimizer, ema_decay=float(mc.ema_decay))
 
   chain = int(mc.vlb_chain_steps) or diff.num_timesteps  # the chain whose bound log_prob is
-  if not 1 <= chain <= diff.num_timesteps:
-    raise ValueError(f"model.vlb_chain_steps={chain} must be in 0..num_timesteps={diff.num_timesteps}.")
-  for name in ("vlb_steps", "eval_vlb_steps"):
-    if not 0 <= int(mc[name]) <= chain:
-      raise ValueError(f"model.{name}={mc[name]} must be in 0..{chain} (the chain's steps; 0 = exact "
-                       "for vlb_steps, off for eval_vlb_steps).")
 
   def neg_vlb(params, image, key, vlb_steps):
     """-(variational bound) in nats [B] of the K-step chain."""

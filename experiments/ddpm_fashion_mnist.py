@@ -30,7 +30,7 @@ import ml_collections
 
 from experiments._common import base_config, shrink
 from experiments.ddpm_digits import build as _build
-from experiments.ddpm_digits import model_config
+from experiments.ddpm_digits import NEEDS, RULES, check, model_config  # noqa: F401 (the CLI's checks)
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:

@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
+from gdl_jax.configs import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ConfigError, Needs, OneOf
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
 from gdl_jax.models.ebm import EnergyCNN
 from gdl_jax.objectives.ebm import cd_loss, init_buffer
@@ -54,6 +55,29 @@ from gdl_jax.train.task import Task
 # Runs saved before model.sample_init existed sampled fresh chains from noise: `gdl-jax evaluate`
 # reads the missing key as that, also when other options are overridden (not as today's "buffer").
 KEYS_ADDED = {"model.sample_init": "noise"}
+
+# What the config may hold (checked before anything is built; gdl_jax.configs has the common rules).
+NEEDS = Needs("image", levels=True)
+RULES = {
+    "model.kernels": POSITIVE_INT, "model.strides": POSITIVE_INT, "model.dense": POSITIVE_INT,
+    "model.alpha": NON_NEGATIVE, "model.langevin_steps": POSITIVE_INT, "model.step_size": POSITIVE,
+    "model.noise_scale": NON_NEGATIVE, "model.grad_clip": NON_NEGATIVE,
+    "model.buffer_size": POSITIVE_INT, "model.reinit_prob": FRACTION, "model.data_noise": NON_NEGATIVE,
+    "model.sample_init": OneOf("noise", "buffer"), "model.sample_steps": POSITIVE_INT,
+    "model.chain_steps": POSITIVE_INT, "model.chain_columns": POSITIVE_INT,
+}
+
+
+def check(config, info: DatasetInfo) -> None:
+  """Constraints between keys (the single values are in RULES)."""
+  mc = config.model
+  if not len(mc.features) == len(mc.kernels) == len(mc.strides):
+    raise ConfigError(f"config model.features {tuple(mc.features)}, model.kernels {tuple(mc.kernels)} and "
+                      f"model.strides {tuple(mc.strides)} must have one entry per conv layer (same length).")
+  if int(mc.buffer_size) < int(config.batch_size):
+    raise ConfigError(f"config model.buffer_size={mc.buffer_size} is smaller than batch_size="
+                      f"{config.batch_size} (each step pushes a batch of chains); pass "
+                      f"--config.model.buffer_size={config.batch_size} or more.")
 
 
 def model_config(**kw) -> ml_collections.ConfigDict:
@@ -87,9 +111,9 @@ def make_model(mc) -> EnergyCNN:
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   """The EBM Task for any image dataset with levels."""
-  if info.kind != "image" or info.levels is None:
-    raise ValueError(f"ebm experiments need an image dataset with levels, got {info.name!r} "
-                     f"(kind={info.kind!r}).")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"ebm experiments {problem}")
+  check(config, info)
   mc = config.model
   model = make_model(mc)
   optimizer = make_optimizer(config.optimizer, int(config.steps))
@@ -123,7 +147,7 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
 
   sample_init = mc.get("sample_init", "noise")
   if sample_init not in ("noise", "buffer"):
-    raise ValueError(f"model.sample_init={sample_init!r}; use 'noise' (fresh chains from uniform "
+    raise ConfigError(f"model.sample_init={sample_init!r}; use 'noise' (fresh chains from uniform "
                      "noise) or 'buffer' (continue the replay buffer's persistent chains).")
 
   def sample_signed(state, key, n, steps=None, return_chain=False, init=None):

@@ -18,9 +18,13 @@ import sys
 import ml_collections
 
 from experiments._common import base_config, shrink
-from experiments.gpt_text import make_model, sampling_config, sequence_task
+from experiments.gpt_text import RULES, check, make_model, sampling_config, sequence_task  # noqa: F401
+from gdl_jax.configs import ConfigError, Needs
 from gdl_jax.data.info import DatasetInfo
 from gdl_jax.train.task import Task
+
+
+NEEDS = Needs("image", levels=True, hint="for text use gpt_text")  # RULES, check: gpt_text's
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
@@ -37,9 +41,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
-  if info.kind != "image" or info.levels is None:
-    raise ValueError(f"gpt_digits needs an image dataset with levels; got {info.name!r} "
-                     f"(kind={info.kind!r}). For text use gpt_text.")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"gpt_digits {problem}")
   shape, length = tuple(info.shape), info.dims
   model = make_model(config.model, int(info.levels), length)
   return sequence_task(model, config, info, length=length,

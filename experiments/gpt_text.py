@@ -27,14 +27,39 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments._common import base_config, shrink
+from gdl_jax.configs import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, Needs, OneOf, Range
 from gdl_jax.data.info import DatasetInfo
-from gdl_jax.models.gpt import GPT
+from gdl_jax.models.gpt import GPT, POSITIONS
 from gdl_jax.objectives.autoregressive import bits_per_dim, make_nll_loss, sequence_log_prob
 from gdl_jax.optim import make_optimizer
 from gdl_jax.samplers.autoregressive import decode_cached, decode_uncached
 from gdl_jax.train.state import TrainState
 from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
+
+
+# What a sequence model's config may hold (gpt_digits and lstm_text use these too).
+SAMPLING_RULES = {"model.temperature": POSITIVE, "model.top_k": NON_NEGATIVE_INT,
+                  "model.top_p": Range(0, 1, lo_open=True)}
+NEEDS = Needs("text", hint="for images use gpt_digits")
+RULES = {"model.dim": POSITIVE_INT, "model.mlp_ratio": POSITIVE_INT, "model.positions": OneOf(POSITIONS),
+         **SAMPLING_RULES}
+
+
+def check(config, info: DatasetInfo) -> None:
+  """Constraints between keys and against the vocabulary (the single values are in RULES)."""
+  mc = config.model
+  if "dim" in mc:
+    if int(mc.dim) % int(mc.num_heads):
+      raise ConfigError(f"config model.dim={mc.dim} must be a multiple of model.num_heads={mc.num_heads}; "
+                        f"pass --config.model.num_heads=1 or a dim divisible by it.")
+    if mc.positions == "rotary" and (int(mc.dim) // int(mc.num_heads)) % 2:
+      raise ConfigError(f"config model.positions='rotary' needs an even head size (dim / num_heads = "
+                        f"{int(mc.dim) // int(mc.num_heads)}); pass an even --config.model.dim.")
+  vocab = len(info.vocab) if info.kind == "text" else int(info.levels or 0)
+  if vocab and int(mc.top_k) > vocab:
+    raise ConfigError(f"config model.top_k={mc.top_k} is larger than the vocabulary ({vocab} tokens); "
+                      f"pass --config.model.top_k=0 (off) or a value <= {vocab}.")
 
 
 def sampling_config(**kw) -> dict:
@@ -118,9 +143,8 @@ def make_model(mc, vocab_size: int, max_len: int) -> GPT:
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
-  if info.kind != "text" or not info.vocab:
-    raise ValueError(f"gpt_text needs a text dataset (e.g. pydoc_text, novel_text); got "
-                     f"{info.name!r} (kind={info.kind!r}). For images use gpt_digits.")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"gpt_text {problem}")
   length = info.shape[0]
   return sequence_task(make_model(config.model, len(info.vocab), length), config, info, length=length)
 

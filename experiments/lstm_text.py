@@ -19,10 +19,16 @@ import sys
 import ml_collections
 
 from experiments._common import base_config, shrink
-from experiments.gpt_text import sampling_config, sequence_task
+from experiments.gpt_text import SAMPLING_RULES, check, sampling_config, sequence_task  # noqa: F401
+from gdl_jax.configs import POSITIVE_INT, ConfigError, Needs, OneOf
 from gdl_jax.data.info import DatasetInfo
-from gdl_jax.models.rnn import RNNLM
+from gdl_jax.models.rnn import CELLS, RNNLM
 from gdl_jax.train.task import Task
+
+
+# What the config may hold (check: gpt_text's, for top_k against the vocabulary).
+NEEDS = Needs("text")
+RULES = {"model.embed_dim": POSITIVE_INT, "model.cell": OneOf(sorted(CELLS)), **SAMPLING_RULES}
 
 
 def model_config(**kw) -> ml_collections.ConfigDict:
@@ -46,9 +52,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
-  if info.kind != "text" or not info.vocab:
-    raise ValueError(f"lstm_text needs a text dataset (e.g. pydoc_text, novel_text); got "
-                     f"{info.name!r} (kind={info.kind!r}).")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"lstm_text {problem}")
   mc = config.model
   model = RNNLM(vocab_size=len(info.vocab), embed_dim=int(mc.embed_dim), hidden=int(mc.hidden),
                 num_layers=int(mc.num_layers), cell=str(mc.cell), dropout=float(mc.dropout))

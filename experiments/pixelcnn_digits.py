@@ -27,14 +27,33 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments._common import base_config, shrink
+from gdl_jax.configs import POSITIVE, POSITIVE_INT, ConfigError, Needs, OneOf
 from gdl_jax.data.info import DatasetInfo
-from gdl_jax.models.pixelcnn import PixelCNN
+from gdl_jax.models.pixelcnn import ARCHS, HEADS, PixelCNN
 from gdl_jax.objectives.autoregressive import bits_per_dim, log_prob_of, make_nll_loss
 from gdl_jax.optim import make_optimizer
 from gdl_jax.samplers.autoregressive import sample_raster
 from gdl_jax.train.state import TrainState
 from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
+
+
+# What the config may hold (checked before anything is built; gdl_jax.configs has the common rules).
+NEEDS = Needs("image", levels=True)
+RULES = {"model.arch": OneOf(ARCHS), "model.head": OneOf(HEADS), "model.kernel_size": POSITIVE_INT,
+         "model.first_kernel_size": POSITIVE_INT, "model.temperature": POSITIVE}
+
+
+def check(config, info: DatasetInfo) -> None:
+  """Constraints between keys and against the images (the single values are in RULES)."""
+  mc = config.model
+  for name in ("kernel_size", "first_kernel_size"):
+    if int(mc[name]) % 2 == 0:
+      raise ConfigError(f"config model.{name}={mc[name]} must be odd (a masked kernel is centred on its "
+                        f"pixel); pass --config.model.{name}={int(mc[name]) + 1}.")
+  if mc.arch == "gated" and info.shape[-1] != 1:
+    raise ConfigError(f"config model.arch='gated' models single-channel images; {info.name!r} has "
+                      f"{info.shape[-1]} channels. Pass --config.model.arch=plain.")
 
 
 def model_config(**kw) -> ml_collections.ConfigDict:
@@ -69,9 +88,8 @@ def make_model(mc, levels: int) -> PixelCNN:
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
-  if info.kind != "image" or info.levels is None:
-    raise ValueError(f"PixelCNN needs an image dataset with integer levels; got {info.name!r} "
-                     f"(kind={info.kind!r}).")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"PixelCNN {problem}")
   mc = config.model
   model = make_model(mc, int(info.levels))
   shape, dims = tuple(info.shape), info.dims

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
+from gdl_jax.configs import NON_NEGATIVE, ConfigError, Needs
 from gdl_jax.data.info import DatasetInfo, from_signed
 from gdl_jax.models.flows import RealNVP
 from gdl_jax.objectives.flows import dequantize, dequantized_nll_loss, discrete_log_prob
@@ -35,6 +36,21 @@ from gdl_jax.optim import make_optimizer
 from gdl_jax.train.state import TrainState
 from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
+
+
+# What the config may hold (checked before anything is built; gdl_jax.configs has the common rules).
+NEEDS = Needs("image", levels=True, hint="for points use realnvp_moons")
+RULES = {"model.temperature": NON_NEGATIVE, "model.artifact_temperatures": NON_NEGATIVE}
+
+
+def check(config, info: DatasetInfo) -> None:
+  """The image size against the number of scales (the single values are in RULES)."""
+  k = 2 ** (int(config.model.num_scales) - 1)
+  h, w = info.shape[:2]
+  if h % k or w % k:
+    fit = max(s for s in range(1, 8) if h % 2 ** (s - 1) == 0 and w % 2 ** (s - 1) == 0)
+    raise ConfigError(f"config model.num_scales={config.model.num_scales} needs {info.name!r}'s images "
+                      f"({h}x{w}) divisible by {k}; pass --config.model.num_scales={fit} or fewer.")
 
 
 def model_config(**kw) -> ml_collections.ConfigDict:
@@ -67,9 +83,8 @@ def make_model(mc, shape) -> RealNVP:
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   """The flow Task for any image dataset with discrete levels."""
-  if info.kind != "image" or info.levels is None:
-    raise ValueError(f"realnvp_digits needs an image dataset with levels, got {info.name!r} "
-                     f"(kind={info.kind!r}); for points use realnvp_moons.")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"realnvp_digits {problem}")
   mc = config.model
   model = make_model(mc, info.shape)
   optimizer = make_optimizer(config.optimizer, int(config.steps))

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
+from gdl_jax.configs import POSITIVE_INT, ConfigError, Needs, Range
 from gdl_jax.data.info import DatasetInfo
 from gdl_jax.models.flows import RealNVP2D
 from gdl_jax.objectives.flows import nll_loss
@@ -33,6 +34,11 @@ from gdl_jax.optim import make_optimizer
 from gdl_jax.train.state import TrainState
 from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
+
+
+# What the config may hold (checked before anything is built; gdl_jax.configs has the common rules).
+NEEDS = Needs("points", hint="for images use realnvp_digits")
+RULES = {"model.gmm_components": POSITIVE_INT, "model.density_resolution": Range(2, 4096, integer=True)}
 
 
 def model_config(**kw) -> ml_collections.ConfigDict:
@@ -70,9 +76,8 @@ def gmm_log_prob(train_x: np.ndarray, test_x: np.ndarray, components: int, seed:
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   """The flow Task for any 2-D (or D-dim) point dataset."""
-  if info.kind != "points":
-    raise ValueError(f"realnvp_moons needs a points dataset (e.g. 'moons'), got {info.name!r} "
-                     f"(kind={info.kind!r}); for images use realnvp_digits.")
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"realnvp_moons {problem}")
   mc = config.model
   model = make_model(mc, info.dims)
   optimizer = make_optimizer(config.optimizer, int(config.steps))

@@ -34,8 +34,10 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
+from gdl_jax.configs import (DECAY, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Needs,
+                             OneOf, Range)
 from gdl_jax.data.info import DatasetInfo
-from gdl_jax.models.vae import VAE, AutoEncoder, check_likelihood
+from gdl_jax.models.vae import LIKELIHOODS, VAE, AutoEncoder, check_likelihood
 from gdl_jax.objectives import vae as objectives
 from gdl_jax.optim import make_optimizer
 from gdl_jax.samplers import vae as samplers
@@ -44,6 +46,17 @@ from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
 
 FAMILIES = ("vae", "ae")
+
+# What the config may hold (checked before anything is built; gdl_jax.configs has the common rules).
+NEEDS = Needs("image", levels=True)
+RULES = {
+    "model.family": OneOf(FAMILIES), "model.likelihood": OneOf(LIKELIHOODS),
+    "model.kl": OneOf("analytic", "sample"), "model.sample_mode": OneOf(samplers.MODES),
+    "model.beta": NON_NEGATIVE, "model.eval_k": POSITIVE_INT, "model.iwae_chunk": POSITIVE_INT,
+    "model.eval_step_k": NON_NEGATIVE_INT, "model.code_ema": DECAY,
+    "model.attribute_class": NON_NEGATIVE_INT, "model.attribute_alphas": Range(),
+    "model.morph_steps": Range(2, integer=True),
+}
 
 
 def model_config(**kw) -> ml_collections.ConfigDict:
@@ -85,30 +98,37 @@ def apply_variant(c: ml_collections.ConfigDict, variant: str, extra=()) -> ml_co
 def make_model(mc, info: DatasetInfo):
   """The Linen module named by model.family."""
   if mc.family not in FAMILIES:
-    raise ValueError(f"model.family={mc.family!r} is unknown; use one of {FAMILIES}.")
+    raise ConfigError(f"model.family={mc.family!r} is unknown; use one of {FAMILIES}.")
   check_likelihood(mc.likelihood, int(mc.num_mixtures))
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[mc.dtype]
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(mc.dtype)
+  if dtype is None:
+    raise ConfigError(f"config model.dtype={mc.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
   cls = VAE if mc.family == "vae" else AutoEncoder
   return cls(image_shape=tuple(info.shape), levels=int(info.levels), latent_dim=int(mc.latent_dim),
              features=tuple(int(f) for f in mc.features), hidden=int(mc.hidden),
              likelihood=str(mc.likelihood), num_mixtures=int(mc.num_mixtures), dtype=dtype)
 
 
-def _check(config, info: DatasetInfo) -> None:
-  if info.kind != "image" or info.levels is None:
-    raise ValueError(f"the Chapter 3 experiments need an image dataset with integer levels, got "
-                     f"{info.name!r} (kind={info.kind!r}).")
+def check(config, info: DatasetInfo) -> None:
+  """Constraints between keys (the single values are in RULES)."""
+  if (problem := NEEDS.problem(info)):
+    raise ConfigError(f"the Chapter 3 experiments {problem}")
   mc = config.model
   if mc.eval_k % mc.iwae_chunk:
-    raise ValueError(f"model.eval_k={mc.eval_k} must be a multiple of model.iwae_chunk="
-                     f"{mc.iwae_chunk}.")
-  if mc.sample_mode not in samplers.MODES:
-    raise ValueError(f"model.sample_mode={mc.sample_mode!r}: use one of {samplers.MODES}.")
+    raise ConfigError(f"config model.eval_k={mc.eval_k} must be a multiple of model.iwae_chunk="
+                      f"{mc.iwae_chunk}; pass e.g. --config.model.eval_k={mc.iwae_chunk * max(mc.eval_k // mc.iwae_chunk, 1)}.")
+  try:
+    check_likelihood(mc.likelihood, int(mc.num_mixtures))
+  except ValueError as e:
+    raise ConfigError(f"config {e}") from e
+  if info.num_classes and mc.attribute_class >= info.num_classes:
+    raise ConfigError(f"config model.attribute_class={mc.attribute_class} is not a class of "
+                      f"{info.name!r} (0..{info.num_classes - 1}); pass --config.model.attribute_class=0.")
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   """The VAE (or AE, model.family='ae') Task for any image dataset with discrete levels."""
-  _check(config, info)
+  check(config, info)
   mc = config.model
   model = make_model(mc, info)
   optimizer = make_optimizer(config.optimizer, int(config.steps))

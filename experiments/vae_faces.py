@@ -26,10 +26,10 @@ import sys
 import ml_collections
 
 from experiments._common import base_config
-from experiments.vae_digits import apply_variant, build, model_config
+from experiments.vae_digits import NEEDS, RULES, apply_variant, build, check, model_config
 from gdl_jax.data.photos import load_lfw_subset
 
-__all__ = ["get_config", "build", "load_lfw_subset"]
+__all__ = ["get_config", "build", "check", "NEEDS", "RULES", "load_lfw_subset"]
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:

@@ -5,8 +5,13 @@
     gdl-jax evaluate runs/vae_digits
     gdl-jax sample runs/vae_digits --num 64 --out samples.png
 
-Bad input (unknown dataset/experiment/config key, wrong value type, missing directory, unreadable
-checkpoint, a run directory of another config) prints one `gdl-jax: error: ...` line and exits 2.
+Bad input (unknown verb/dataset/experiment/config key, a value of the wrong type or out of range,
+data of the wrong kind, a model too big for the machine, a bad path, an unreadable checkpoint, a run
+directory of another config) prints one `gdl-jax: error: ...` line and exits 2, before anything
+trains: every config passes gdl_jax.configs.check_config (the common rules and the experiment's
+RULES / NEEDS / check) and a shape-only trace of its init. `gdl-jax train ... --check` runs those
+checks, prints the resolved config and exits 0 (or 2). Anything else that fails is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -23,13 +28,24 @@ import sys
 
 import ml_collections
 
+from gdl_jax.configs import ConfigError
 
-class ConfigError(ValueError):
-  """A --config override names no key or has a value of the wrong type."""
+__all__ = ["ConfigError", "UsageError", "main"]
+
+SEED_LIMIT = 2**32  # jax.random.key takes a seed in [0, 2**32) on every backend
+INT32_MAX = 2**31 - 1
 
 
 class UsageError(ValueError):
-  """Any other bad command-line input."""
+  """Any other bad command-line input (flags, paths, names)."""
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse whose mistakes (unknown verb or flag, a flag's bad type) raise UsageError, so they are
+  one `gdl-jax: error:` line like every other bad input (argparse prints the usage and exits)."""
+
+  def error(self, message: str):
+    raise UsageError(f"{message} (see `{self.prog} --help`).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +89,23 @@ def get_config(module, variant: str, dataset: str | None) -> ml_collections.Conf
   return config
 
 
+def _tuple_like(key: str, text: str, value, current) -> tuple:
+  """`value`'s elements with the default's element type (ints for int tuples; ints or floats for
+  float tuples, as floats), non-empty where the default is."""
+  if current and not value:
+    raise ConfigError(f"--config.{key}={text!r}: expected a non-empty tuple like {tuple(current)!r}.")
+  elem = type(current[0]) if current else None
+  out = []
+  for v in value:
+    if elem is float and isinstance(v, int) and not isinstance(v, bool):
+      v = float(v)
+    if (elem is not None and type(v) is not elem) or isinstance(v, (tuple, list, dict, set)):
+      raise ConfigError(f"--config.{key}={text!r}: expected a tuple of "
+                        f"{elem.__name__ if elem else 'numbers'} like {tuple(current)!r}.")
+    out.append(v)
+  return out
+
+
 def _parse_value(key: str, text: str, current):
   kind = type(current)
   try:
@@ -90,17 +123,20 @@ def _parse_value(key: str, text: str, current):
     if isinstance(current, (tuple, list)):
       value = ast.literal_eval(text)
       value = value if isinstance(value, (tuple, list)) else (value,)
-      return kind(value)
+      return kind(_tuple_like(key, text, value, current))  # ConfigError: not caught below
     if current is None:
       return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
+  except ConfigError:
+    raise
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
     pass
   raise ConfigError(f"--config.{key}={text!r}: expected a value of type {kind.__name__} "
                     f"(current value {current!r}).")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-  """Applies `key.path=value` strings, checking the key exists and the type fits."""
+  """Applies `key.path=value` strings, checking the key exists and the type fits (the values'
+  ranges and choices are check_run's)."""
   for item in overrides:
     if "=" not in item:
       raise ConfigError(f"--config.{item}: expected --config.KEY=VALUE.")
@@ -117,13 +153,80 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
     if isinstance(node[last], ml_collections.ConfigDict):
       raise ConfigError(f"--config.{key} is a group; set one of its keys: {', '.join(sorted(node[last].keys()))}.")
     node[last] = _parse_value(key, text, node[last])
-  _validate(config)
 
 
-def _validate(config):
-  for key in ("batch_size", "steps", "log_every", "eval_every", "ckpt_every", "keep_checkpoints"):
-    if key in config and int(config[key]) <= 0:
-      raise ConfigError(f"--config.{key}={config[key]} must be a positive integer.")
+def check_run(module, name: str, config: ml_collections.ConfigDict, dataset,
+              defaults: ml_collections.ConfigDict | None = None) -> None:
+  """Every check a config passes before it runs: the common rules and the experiment module's RULES,
+  NEEDS (the kind of data) and check(config, info) (gdl_jax.configs.check_config), the batch against
+  the training split and the devices. dataset=None checks the values alone (before loading data). Raises ConfigError naming the key and the fix (suggesting the
+  value in `defaults`, the experiment's own config, where it has one)."""
+  import jax
+  from gdl_jax.configs import check_config
+  check_config(config, dataset, rules=getattr(module, "RULES", {}), needs=getattr(module, "NEEDS", None),
+               check=getattr(module, "check", None), experiment=name, defaults=defaults)
+  if dataset is None:
+    return
+  n = jax.device_count()
+  if int(config.batch_size) % n:
+    raise ConfigError(f"config batch_size={config.batch_size} does not divide over the {n} devices; pass "
+                      f"--config.batch_size={max(n, int(config.batch_size) // n * n)} (a multiple of {n}).")
+
+
+def _size(nbytes: float) -> str:
+  for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+    if nbytes < 1024 or unit == "PB":
+      return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+    nbytes /= 1024
+
+
+def memory_limit() -> int | None:
+  """Bytes the first local device can hold: the accelerator's limit, or the host's RAM on CPU."""
+  import jax
+  dev = jax.local_devices()[0]
+  try:
+    stats = dev.memory_stats() or {}
+  except Exception:  # backends without memory stats
+    stats = {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  if dev.platform == "cpu":
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return None
+
+
+def state_size(task, config, dataset) -> tuple[int, int]:
+  """(parameter count, bytes of the whole train state) from a shape-only trace of task.init on
+  the first batch: nothing is allocated."""
+  import jax
+  import numpy as np
+  from gdl_jax import data
+  batch = data.batch_at(dataset.train, 0, int(config.batch_size), int(config.seed))
+  shapes = jax.eval_shape(task.init, jax.random.key(0), batch)
+
+  def nbytes(tree) -> int:
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+      try:
+        item = np.dtype(leaf.dtype).itemsize
+      except TypeError:  # typed PRNG keys
+        item = 8
+      total += int(np.prod(leaf.shape, dtype=np.float64)) * item
+    return total
+
+  params = getattr(shapes, "params", shapes)
+  count = sum(int(np.prod(x.shape, dtype=np.float64)) for x in jax.tree.leaves(params))
+  return count, nbytes(shapes)
+
+
+def check_memory(count: int, nbytes: int) -> None:
+  """Refuses a train state (params, optimizer state, EMA, buffers; gradients come on top) that
+  alone exceeds the device's memory."""
+  limit = memory_limit()
+  if limit is not None and nbytes > limit:
+    raise ConfigError(f"this config's train state needs {_size(nbytes)} ({count:,} parameters plus "
+                      f"optimizer state) but the device holds {_size(limit)}; make the model smaller "
+                      "(e.g. --config.model.hidden, features, latent_dim, dim).")
 
 
 def _split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -143,8 +246,36 @@ def _split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------------------------
 # commands
 
+def _check_int_flag(flag: str, value: int | None, lo: int, hi: int = INT32_MAX) -> None:
+  if value is not None and not lo <= value <= hi:
+    raise UsageError(f"{flag} {value} is out of range; pass an integer in [{lo}, {hi}].")
+
+
+def _check_dir_flag(flag: str, path: str | None) -> None:
+  if path is not None and not os.path.isdir(path):
+    raise UsageError(f"{flag} {path!r} is not an existing directory; create it or pass another path.")
+
+
+def _check_new_path(flag: str, path: str, *, directory: bool) -> None:
+  """A path we will write: not empty, not under a file, and (a directory) not a file itself."""
+  if not path.strip():
+    raise UsageError(f"{flag} must not be empty; pass a path.")
+  if directory and os.path.exists(path) and not os.path.isdir(path):
+    raise UsageError(f"{flag} {path!r} is a file, not a directory; pass a new path or a run directory.")
+  if not directory and os.path.isdir(path):
+    raise UsageError(f"{flag} {path!r} is a directory; pass a file path (e.g. {os.path.join(path, 'samples.png')}).")
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UsageError(f"{flag} {path!r} lies under {parent!r}, which is a file; pass another path.")
+  if not os.access(parent, os.W_OK):
+    raise UsageError(f"{flag} {path!r}: {parent!r} is not writable; pass another path.")
+
+
 def cmd_datasets(args) -> int:
   from gdl_jax import data
+  _check_dir_flag("--data_dir", args.data_dir)
   rows = data.available(args.data_dir)
   width = max(len(r[0]) for r in rows)
   for name, status, desc in rows:
@@ -199,14 +330,28 @@ def cmd_train(args, overrides) -> int:
   if args.steps is not None:
     overrides = [f"steps={args.steps}"] + overrides
   apply_overrides(config, overrides)
-  if args.steps is not None and "--config.log_every" not in " ".join(sys.argv):
+  if args.steps is not None and args.steps > 0 and \
+      not any(o.split("=", 1)[0] == "log_every" for o in overrides):
     steps = config.steps
     config.log_every = min(config.log_every, max(steps // 20, 1))
     config.eval_every = min(config.eval_every, steps)
     config.ckpt_every = min(config.ckpt_every, steps)
+  workdir = args.workdir if args.workdir is not None else os.path.join(
+      "runs", f"{name}" + (f"_{config.dataset}" if not name.endswith(config.dataset) else ""))
+  defaults = get_config(module, args.variant, args.dataset)
+  check_run(module, name, config, None, defaults=defaults)  # the values, before any data is read
+  _check_new_path("--workdir", workdir, directory=True)
   dataset = data.load(config.dataset, args.data_dir)
-  workdir = args.workdir or os.path.join("runs", f"{name}" + (f"_{config.dataset}" if not name.endswith(config.dataset) else ""))
+  check_run(module, name, config, dataset, defaults=defaults)
   task = module.build(config, dataset.info)
+  count, nbytes = state_size(task, config, dataset)
+  check_memory(count, nbytes)
+  if args.check:
+    print(loop.config_to_json(config))
+    print(f"ok: {name} on {config.dataset} ({dataset.num_examples('train')} training examples): "
+          f"{count:,} parameters, train state {_size(nbytes)}; {config.steps} steps of batch "
+          f"{config.batch_size} would write {workdir}")
+    return 0
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
   if args.data_dir:
     with open(os.path.join(workdir, "run.json")) as f:
@@ -259,6 +404,8 @@ def cmd_evaluate(args, overrides=()) -> int:
   from gdl_jax.evaluation import harness
   from gdl_jax.evaluation.tasks import evaluate_task
   from gdl_jax.train import loop
+  _check_int_flag("--num_samples", args.num_samples, 1)
+  _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
   _fill_added_keys(config, module)
@@ -266,6 +413,8 @@ def cmd_evaluate(args, overrides=()) -> int:
     _add_missing(config, get_config(module, "default", config.dataset))
   tag = _evaluation_tag(args, list(overrides))
   apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit
+  if overrides:
+    check_run(module, name, config, dataset, defaults=get_config(module, "default", config.dataset))
   task = module.build(config, dataset.info)
   state, keys = loop.latest_state(task, config, dataset, args.run)
   if args.seed:  # another draw of the samples (and of any stochastic bound)
@@ -291,6 +440,10 @@ def cmd_sample(args) -> int:
   import numpy as np
   from gdl_jax.evaluation.grids import save_grid
   from gdl_jax.train import loop
+  _check_int_flag("--num", args.num, 1)
+  _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
+  if args.out is not None:
+    _check_new_path("--out", args.out, directory=False)
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
   task = module.build(config, dataset.info)
@@ -310,7 +463,7 @@ def cmd_sample(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="gdl-jax", description=__doc__.split("\n\n")[0])
+  p = _Parser(prog="gdl-jax", description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
   d = sub.add_parser("datasets", help="datasets available offline / prepared")
   d.add_argument("--data_dir", default=None)
@@ -323,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--workdir", default=None)
   t.add_argument("--data_dir", default=None)
   t.add_argument("--quiet", action="store_true", help="no progress bar")
+  t.add_argument("--check", action="store_true",
+                 help="validate the config, data and paths (and the model's size against the "
+                      "device's memory) without training: print the resolved config, exit 0 or 2")
   t.add_argument("--evaluate", action="store_true", help="run `evaluate` on the run afterwards")
   t.add_argument("--distributed", action="store_true",
                  help="multi-host: call jax.distributed.initialize() (TPU pods / SLURM / env vars)")
@@ -346,6 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e).split())
+
+
+def _out_of_memory(e: BaseException) -> bool:
+  """XLA's allocation failure (an accelerator, or a CPU allocation it could refuse)."""
+  return "RESOURCE_EXHAUSTED" in str(e) and type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError")
+
+
 def main(argv: list[str] | None = None) -> int:
   from gdl_jax import runtime
   runtime.apply_xla_defaults()  # before the first computation; a no-op once a backend is running
@@ -353,12 +518,11 @@ def main(argv: list[str] | None = None) -> int:
   from gdl_jax.train.checkpoint import CheckpointError
   from gdl_jax.train.loop import NonFiniteLossError, RunDirError
   argv = sys.argv[1:] if argv is None else argv
-  rest, overrides = _split_config_args(argv)
-  parser = build_parser()
-  args = parser.parse_args(rest)
-  if overrides and args.command not in ("train", "evaluate"):
-    parser.error("--config.KEY=VALUE overrides only apply to `train` and `evaluate`.")
   try:
+    rest, overrides = _split_config_args(argv)
+    args = build_parser().parse_args(rest)
+    if overrides and args.command not in ("train", "evaluate"):
+      raise UsageError("--config.KEY=VALUE overrides only apply to `train` and `evaluate`.")
     if args.command == "datasets":
       return cmd_datasets(args)
     if args.command == "experiments":
@@ -370,11 +534,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sample":
       return cmd_sample(args)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError) as e:
-    print(f"gdl-jax: error: {e}", file=sys.stderr)
+    print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:
-    print(f"gdl-jax: error: {e}", file=sys.stderr)
+    print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)
     return 3
+  except Exception as e:  # noqa: BLE001 - only XLA's out-of-memory is turned into a line
+    if not _out_of_memory(e):
+      raise
+    print(f"gdl-jax: error: out of device memory ({_one_line(e)[:300]}); lower --config.batch_size or "
+          "the model's sizes (`gdl-jax train ... --check` prints the train state's size).", file=sys.stderr)
+    return 2
   return 1
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ml_collections
 import optax
 
-_NAMES = ("adam", "adamw", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -34,8 +35,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
   constraint, not a gradient transform: see gdl_jax.objectives.gan (clip_params / weight_clipping).
   """
   name = cfg.get("name", "adam")
-  if name not in _NAMES:
-    raise ValueError(f"optimizer.name={name!r} is unknown; use one of {_NAMES}.")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name={name!r} is unknown; use one of {OPTIMIZERS}.")
   lr = make_schedule(cfg, total_steps)
   parts = []
   if cfg.get("clip_norm", None):

@@ -208,10 +208,11 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
         bad = [k for k, v in m.items() if not math.isfinite(float(v))]
         last = mngr.latest_step()
         mngr.wait_until_finished()
+        kept = (f"The last good checkpoint (step {last}) is kept in {workdir}/checkpoints."
+                if last is not None else "No checkpoint had been saved yet, so none is kept.")
         raise NonFiniteLossError(
-            f"non-finite {', '.join(bad)} at step {s + 1}; training stopped. The last good "
-            f"checkpoint (step {last}) is kept in {workdir}/checkpoints. Lower the learning rate "
-            "(--config.optimizer.lr) or set --config.optimizer.clip_norm=1.0 and re-run.")
+            f"non-finite {', '.join(bad)} at step {s + 1}; training stopped. {kept} Lower the "
+            "learning rate (--config.optimizer.lr) or set --config.optimizer.clip_norm=1.0 and re-run.")
     mean = _mean_metrics(host)
     writer.write(step_now, "train", mean)
     if bar is not None:
