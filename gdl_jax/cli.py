@@ -324,6 +324,8 @@ def cmd_train(args, overrides) -> int:
   if args.distributed:
     import jax
     jax.distributed.initialize()  # cluster auto-detection; then one Mesh spans every host's devices
+  if args.dataset is not None and not args.dataset.strip():
+    raise UsageError("--dataset must not be empty; pass a name from `gdl-jax datasets` or leave it out.")
   name = resolve_experiment(args.model, args.dataset)
   module = load_experiment(name)
   config = get_config(module, args.variant, args.dataset)
