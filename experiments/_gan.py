@@ -45,9 +45,11 @@ def check(config, info: DatasetInfo) -> None:
   """Constraints between keys and against the images (the single values are in RULES)."""
   mc = config.model
   try:
-    make_players(mc, info)  # classes for a conditional GAN, image size vs generator stages
-  except ValueError as e:
-    raise ConfigError(f"config {e}") from e
+    Generator(tuple(info.shape), tuple(mc.gen_features)).base_size()
+  except ValueError as e:  # the image size against the generator's stages
+    raise ConfigError(f"config model.gen_features={tuple(mc.gen_features)} does not fit the images of "
+                      f"{info.name!r}: {e} Pass --config.model.gen_features with fewer entries.") from e
+  make_players(mc, info)  # ConfigError: a conditional GAN (or its class head) on data without classes
   if float(mc.gp_weight) > 0 and mc.disc_norm == "batch":
     raise ConfigError(f"config model.gp_weight={mc.gp_weight} needs a critic that treats examples "
                       "independently; pass --config.model.disc_norm=none (or layer), or gp_weight=0.")

@@ -89,7 +89,7 @@ def get_config(module, variant: str, dataset: str | None) -> ml_collections.Conf
   return config
 
 
-def _tuple_like(key: str, text: str, value, current) -> tuple:
+def _tuple_like(key: str, text: str, value, current) -> list:
   """`value`'s elements with the default's element type (ints for int tuples; ints or floats for
   float tuples, as floats), non-empty where the default is."""
   if current and not value:
@@ -159,8 +159,9 @@ def check_run(module, name: str, config: ml_collections.ConfigDict, dataset,
               defaults: ml_collections.ConfigDict | None = None) -> None:
   """Every check a config passes before it runs: the common rules and the experiment module's RULES,
   NEEDS (the kind of data) and check(config, info) (gdl_jax.configs.check_config), the batch against
-  the training split and the devices. dataset=None checks the values alone (before loading data). Raises ConfigError naming the key and the fix (suggesting the
-  value in `defaults`, the experiment's own config, where it has one)."""
+  the training split and the devices; dataset=None checks the values alone (before loading data).
+  Raises ConfigError naming the key and the fix (suggesting the value in `defaults`, the
+  experiment's own config, where it has one)."""
   import jax
   from gdl_jax.configs import check_config
   check_config(config, dataset, rules=getattr(module, "RULES", {}), needs=getattr(module, "NEEDS", None),
@@ -510,7 +511,8 @@ def _one_line(e: BaseException) -> str:
 
 def _out_of_memory(e: BaseException) -> bool:
   """XLA's allocation failure (an accelerator, or a CPU allocation it could refuse)."""
-  return "RESOURCE_EXHAUSTED" in str(e) and type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError")
+  import jax
+  return isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e)
 
 
 def main(argv: list[str] | None = None) -> int:
