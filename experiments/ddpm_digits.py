@@ -55,7 +55,6 @@ RULES = {
     "model.channel_mults": POSITIVE_INT, "model.attention_levels": NON_NEGATIVE_INT,
     "model.groups": POSITIVE_INT, "model.num_timesteps": Range(2, integer=True),
     "model.sampler_steps": POSITIVE_INT, "model.sampler_eta": NON_NEGATIVE,
-    "model.trajectory_columns": POSITIVE_INT,
 }
 
 
@@ -73,8 +72,9 @@ def check(config, info: DatasetInfo) -> None:
                         f"--config.model.groups={math.gcd(*([base] + [base * m for m in mults]))}.")
   bad = [i for i in mc.attention_levels if i >= levels]
   if bad:
-    raise ConfigError(f"config model.attention_levels={tuple(mc.attention_levels)} names levels {bad}, but "
-                      f"channel_mults has {levels} (0..{levels - 1}); pass e.g. --config.model.attention_levels='()'.")
+    raise ConfigError(f"config model.attention_levels={tuple(mc.attention_levels)} names levels {bad}, "
+                      f"but channel_mults has {levels} (0..{levels - 1}); pass e.g. "
+                      "--config.model.attention_levels='()'.")
   for level in set(mc.attention_levels) | {levels - 1}:  # the bottleneck always attends
     if (base * mults[level]) % int(mc.num_heads):
       raise ConfigError(f"config model.num_heads={mc.num_heads} does not divide the {base * mults[level]} "

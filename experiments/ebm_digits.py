@@ -64,7 +64,7 @@ RULES = {
     "model.noise_scale": NON_NEGATIVE, "model.grad_clip": NON_NEGATIVE,
     "model.buffer_size": POSITIVE_INT, "model.reinit_prob": FRACTION, "model.data_noise": NON_NEGATIVE,
     "model.sample_init": OneOf("noise", "buffer"), "model.sample_steps": POSITIVE_INT,
-    "model.chain_steps": POSITIVE_INT, "model.chain_columns": POSITIVE_INT,
+    "model.chain_steps": POSITIVE_INT,
 }
 
 

@@ -115,8 +115,9 @@ def check(config, info: DatasetInfo) -> None:
     raise ConfigError(f"the Chapter 3 experiments {problem}")
   mc = config.model
   if mc.eval_k % mc.iwae_chunk:
+    fit = mc.iwae_chunk * max(mc.eval_k // mc.iwae_chunk, 1)
     raise ConfigError(f"config model.eval_k={mc.eval_k} must be a multiple of model.iwae_chunk="
-                      f"{mc.iwae_chunk}; pass e.g. --config.model.eval_k={mc.iwae_chunk * max(mc.eval_k // mc.iwae_chunk, 1)}.")
+                      f"{mc.iwae_chunk}; pass e.g. --config.model.eval_k={fit}.")
   try:
     check_likelihood(mc.likelihood, int(mc.num_mixtures))
   except ValueError as e:

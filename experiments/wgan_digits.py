@@ -25,7 +25,8 @@ import sys
 import ml_collections
 
 from experiments._common import base_config
-from experiments._gan import NEEDS, RULES, apply_gan_variant, build_gan_task, check, gan_model_config  # noqa: F401 (NEEDS, RULES, check: the CLI's checks)
+from experiments._gan import (NEEDS, RULES, apply_gan_variant, build_gan_task,  # noqa: F401
+                            check, gan_model_config)  # NEEDS, RULES, check: the CLI's checks
 from gdl_jax.data.info import DatasetInfo
 from gdl_jax.train.task import Task
 

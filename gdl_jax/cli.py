@@ -264,7 +264,8 @@ def _check_new_path(flag: str, path: str, *, directory: bool) -> None:
   if directory and os.path.exists(path) and not os.path.isdir(path):
     raise UsageError(f"{flag} {path!r} is a file, not a directory; pass a new path or a run directory.")
   if not directory and os.path.isdir(path):
-    raise UsageError(f"{flag} {path!r} is a directory; pass a file path (e.g. {os.path.join(path, 'samples.png')}).")
+    raise UsageError(f"{flag} {path!r} is a directory; pass a file path "
+                     f"(e.g. {os.path.join(path, 'samples.png')}).")
   parent = os.path.dirname(os.path.abspath(path))
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
@@ -353,7 +354,9 @@ def cmd_train(args, overrides) -> int:
     print(loop.config_to_json(config))
     print(f"ok: {name} on {config.dataset} ({dataset.num_examples('train')} training examples): "
           f"{count:,} parameters, train state {_size(nbytes)}; {config.steps} steps of batch "
-          f"{config.batch_size} would write {workdir}")
+          f"{config.batch_size} would " +
+          ("resume (if the config matches) " if os.path.exists(os.path.join(workdir, "config.json"))
+           else "write ") + workdir)
     return 0
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
   if args.data_dir:

@@ -24,6 +24,7 @@ import ml_collections
 from gdl_jax.optim import OPTIMIZERS, SCHEDULES, default_optimizer_config
 
 INT32_MAX = 2**31 - 1
+MAX_SAMPLES = 100_000  # config.num_samples: the end-of-run grid is drawn in one call, after training
 
 
 class ConfigError(ValueError):
@@ -150,7 +151,8 @@ COMMON_RULES: dict[str, Rule] = {
     "seed": Range(0, 2**32, hi_open=True, integer=True),
     "batch_size": POSITIVE_INT, "steps": POSITIVE_INT, "log_every": POSITIVE_INT,
     "eval_every": POSITIVE_INT, "ckpt_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
-    "num_samples": POSITIVE_INT, "sample_every": NON_NEGATIVE_INT, "eval_batches": NON_NEGATIVE_INT,
+    "num_samples": Range(1, MAX_SAMPLES, integer=True), "sample_every": NON_NEGATIVE_INT,
+    "eval_batches": NON_NEGATIVE_INT,
     "optimizer.name": OneOf(OPTIMIZERS), "optimizer.schedule": OneOf(SCHEDULES),
     "optimizer.lr": POSITIVE, "optimizer.b1": DECAY, "optimizer.b2": DECAY, "optimizer.eps": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE, "optimizer.clip_norm": NON_NEGATIVE,
@@ -159,7 +161,7 @@ COMMON_RULES: dict[str, Rule] = {
     "model.dtype": OneOf("float32", "bfloat16"),
     "model.*features": POSITIVE_INT, "model.hidden": POSITIVE_INT, "model.latent_dim": POSITIVE_INT,
     "model.num_*": POSITIVE_INT, "model.*_steps": NON_NEGATIVE_INT, "model.dropout": DECAY,
-    "model.ema_decay": DECAY,
+    "model.ema_decay": DECAY, "model.*_columns": Range(1, 1000, integer=True),
 }
 
 
