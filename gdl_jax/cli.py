@@ -301,13 +301,22 @@ def _run_context(workdir: str):
     if not os.path.exists(os.path.join(workdir, f)):
       raise UsageError(f"{workdir!r} is not a gdl-jax run directory (no {f}); pass the --workdir "
                        "of a `gdl-jax train` run.")
-  with open(os.path.join(workdir, "run.json")) as f:
-    run = json.load(f)
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  module = load_experiment(run["experiment"])
-  dataset = data.load(config.dataset, run.get("data_dir"))
-  return module, run["experiment"], config, dataset
+  try:
+    with open(os.path.join(workdir, "run.json")) as f:
+      run = json.load(f)
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    name = run["experiment"]
+    dataset_name = config.dataset
+  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    raise UsageError(f"{workdir!r} holds an unreadable config.json or run.json ({type(e).__name__}: "
+                     f"{e}); pass the --workdir of a complete `gdl-jax train` run.") from e
+  if name not in experiment_names():
+    raise UsageError(f"{workdir!r} is a run of experiment {name!r}, which this gdl-jax does not have; "
+                     f"experiments are: {', '.join(experiment_names())}.")
+  module = load_experiment(name)
+  dataset = data.load(dataset_name, run.get("data_dir"))
+  return module, name, config, dataset
 
 
 def _tuples(config):

@@ -209,7 +209,8 @@ def test_every_key_of_every_experiment_gets_a_malformed_case():
 
 def test_evaluate_and_sample_refuse_bad_overrides_and_flags(tmp_path, capsys):
   """`evaluate RUN --config...` checks the overrides like train does (before any checkpoint is read);
-  sample's --num / --seed / --out are checked before the run is opened."""
+  sample's --num / --seed / --out are checked before the run is opened; a run directory with broken
+  or foreign config.json / run.json is one line too."""
   from gdl_jax.train.loop import config_to_json
   run = tmp_path / "run"
   run.mkdir()
@@ -229,6 +230,15 @@ def test_evaluate_and_sample_refuse_bad_overrides_and_flags(tmp_path, capsys):
       ["sample", str(run), "--out", str(tmp_path)],
       ["sample", str(run), "--out", str(tmp_path / "f" / "x.png")],
   ]
+  broken = {"bad_json": ("{not json", '{"experiment": "classifier"}'),
+            "no_experiment": ((run / "config.json").read_text(), "{}"),
+            "gone_experiment": ((run / "config.json").read_text(), '{"experiment": "no_such_exp"}'),
+            "config_a_list": ("[1, 2]", '{"experiment": "classifier"}')}
+  for d, (config_text, run_text) in broken.items():
+    (tmp_path / d).mkdir()
+    (tmp_path / d / "config.json").write_text(config_text)
+    (tmp_path / d / "run.json").write_text(run_text)
+    cases += [["evaluate", str(tmp_path / d)], ["sample", str(tmp_path / d)]]
   for argv in cases:
     rc, _, err = _run(argv, capsys)
     _assert_refused(" ".join(argv), rc, err)
