@@ -187,12 +187,37 @@ def _tuples(config):
   return config
 
 
+def init_distributed(args) -> None:
+  """`jax.distributed.initialize` for `train --distributed`: the explicit coordinator flags when
+  given (all three), else jax's cluster auto-detection (TPU pod slices, SLURM, Open MPI, ...).
+  Must run before the first jax computation; afterwards one Mesh spans every host's devices."""
+  explicit = {"coordinator_address": args.coordinator_address, "num_processes": args.num_processes,
+              "process_id": args.process_id}
+  given = {k: v for k, v in explicit.items() if v is not None}
+  if given and len(given) < len(explicit):
+    missing = ", ".join(f"--{k}" for k in explicit if k not in given)
+    raise UsageError(f"--distributed with {', '.join(f'--{k}' for k in given)} also needs {missing} "
+                     "(give all three, or none to let jax detect the cluster).")
+  if not args.distributed:
+    if given:
+      raise UsageError(f"{', '.join(f'--{k}' for k in given)} only apply with --distributed.")
+    return
+  if given and not 0 <= args.process_id < args.num_processes:
+    raise UsageError(f"--process_id={args.process_id} must be in [0, --num_processes="
+                     f"{args.num_processes}).")
+  import jax
+  try:
+    jax.distributed.initialize(**given)
+  except (ValueError, RuntimeError) as e:
+    raise UsageError(f"jax.distributed.initialize failed ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:300]}). Outside a TPU pod / SLURM / Open MPI job "
+                     "pass --coordinator_address HOST:PORT --num_processes N --process_id I.") from e
+
+
 def cmd_train(args, overrides) -> int:
   from gdl_jax import data
   from gdl_jax.train import loop
-  if args.distributed:
-    import jax
-    jax.distributed.initialize()  # cluster auto-detection; then one Mesh spans every host's devices
+  init_distributed(args)  # multi-host (--distributed); checks the coordinator flags otherwise
   name = resolve_experiment(args.model, args.dataset)
   module = load_experiment(name)
   config = get_config(module, args.variant, args.dataset)
@@ -204,16 +229,29 @@ def cmd_train(args, overrides) -> int:
     config.log_every = min(config.log_every, max(steps // 20, 1))
     config.eval_every = min(config.eval_every, steps)
     config.ckpt_every = min(config.ckpt_every, steps)
+  from gdl_jax import sharding
+  if not sharding.is_writer():  # multi-host: process 0 prepares a dataset first, the others then read it
+    sharding.sync("gdl_jax.data.load")
   dataset = data.load(config.dataset, args.data_dir)
+  if sharding.is_writer():
+    sharding.sync("gdl_jax.data.load")
   workdir = args.workdir or os.path.join("runs", f"{name}" + (f"_{config.dataset}" if not name.endswith(config.dataset) else ""))
   task = module.build(config, dataset.info)
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
-  if args.data_dir:
+  if args.data_dir and sharding.is_writer():
     with open(os.path.join(workdir, "run.json")) as f:
       run = json.load(f)
     run["data_dir"] = os.path.abspath(args.data_dir)
     with open(os.path.join(workdir, "run.json"), "w") as f:
       json.dump(run, f)
+  if args.distributed:
+    import jax
+    if jax.process_count() > 1:  # evaluation is single-process: run it afterwards on one host
+      if sharding.is_writer():
+        print(f"run written to {workdir} by process 0 of {jax.process_count()}" +
+              (f"; --evaluate is skipped in a multi-host run: evaluate on one host with "
+               f"`gdl-jax evaluate {workdir}`" if args.evaluate else ""))
+      return 0
   print(f"run written to {workdir}: config.json, metrics.jsonl, checkpoints/" +
         (", samples.png" if task.sample is not None else ""))
   if args.evaluate:
@@ -325,7 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--quiet", action="store_true", help="no progress bar")
   t.add_argument("--evaluate", action="store_true", help="run `evaluate` on the run afterwards")
   t.add_argument("--distributed", action="store_true",
-                 help="multi-host: call jax.distributed.initialize() (TPU pods / SLURM / env vars)")
+                 help="multi-host: run this on every host; jax.distributed.initialize() detects "
+                      "TPU pod slices / SLURM / Open MPI, or takes the three flags below")
+  t.add_argument("--coordinator_address", default=None,
+                 help="with --distributed: HOST:PORT of process 0 (same on every host)")
+  t.add_argument("--num_processes", type=int, default=None, help="with --distributed: processes in all")
+  t.add_argument("--process_id", type=int, default=None, help="with --distributed: this process, 0..N-1")
   e = sub.add_parser("evaluate", help="the harness on a run: bits/dim, Fréchet distance, novelty")
   e.add_argument("run")
   e.add_argument("--num_samples", type=int, default=None)
