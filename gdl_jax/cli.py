@@ -194,14 +194,15 @@ def init_distributed(args) -> None:
   explicit = {"coordinator_address": args.coordinator_address, "num_processes": args.num_processes,
               "process_id": args.process_id}
   given = {k: v for k, v in explicit.items() if v is not None}
+  if not args.distributed:
+    if given:
+      raise UsageError(f"{', '.join(f'--{k}' for k in given)} only appl{'y' if len(given) > 1 else 'ies'}"
+                       " with --distributed (multi-host training); add --distributed or drop them.")
+    return
   if given and len(given) < len(explicit):
     missing = ", ".join(f"--{k}" for k in explicit if k not in given)
     raise UsageError(f"--distributed with {', '.join(f'--{k}' for k in given)} also needs {missing} "
                      "(give all three, or none to let jax detect the cluster).")
-  if not args.distributed:
-    if given:
-      raise UsageError(f"{', '.join(f'--{k}' for k in given)} only apply with --distributed.")
-    return
   if given and not 0 <= args.process_id < args.num_processes:
     raise UsageError(f"--process_id={args.process_id} must be in [0, --num_processes="
                      f"{args.num_processes}).")

@@ -21,7 +21,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from gdl_jax import cli
 from tests.helpers import ROOT
 
 ARGS = ["train", "realnvp_moons", "--variant", "tiny", "--steps", "6", "--quiet",
@@ -150,3 +152,27 @@ def test_two_processes_train_like_one_and_resume_in_one(tmp_path, moons):
   with open(os.path.join(c, "train_time.json")) as f:
     assert json.load(f)["steps_this_call"] == 3
   _assert_same_rows(_rows(c), rows_b)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator_address", "127.0.0.1:1"], "--coordinator_address only applies with --distributed"),
+    (["--distributed", "--num_processes", "2"],
+     "also needs --coordinator_address, --process_id"),
+    (["--distributed", "--coordinator_address", "127.0.0.1:1", "--num_processes", "2",
+      "--process_id", "2"], "--process_id=2 must be in [0, --num_processes=2)"),
+])
+def test_coordinator_flags_checked_before_anything_starts(flags, message, capsys, tmp_path):
+  wd = tmp_path / "w"
+  assert cli.main(["train", "realnvp_moons", "--variant", "tiny", "--workdir", str(wd), *flags]) == 2
+  assert message in capsys.readouterr().err
+  assert not wd.exists()
+
+
+def test_distributed_outside_a_cluster_names_the_flags(tmp_path):
+  env = {k: v for k, v in _env().items() if not k.startswith(("SLURM_", "OMPI_", "TPU_", "PMI_"))}
+  out = subprocess.run([sys.executable, "-m", "gdl_jax.cli", *ARGS, "--workdir", str(tmp_path / "w"),
+                        "--distributed"], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "pass --coordinator_address HOST:PORT --num_processes N --process_id I" in out.stderr
+  assert not (tmp_path / "w").exists()
