@@ -215,8 +215,23 @@ def init_distributed(args) -> None:
                      "pass --coordinator_address HOST:PORT --num_processes N --process_id I.") from e
 
 
+def _load_dataset(name: str, data_dir: str | None):
+  """data.load; under multi-host process 0 loads (and prepares, the first time) before the others,
+  so that no two processes build the same dataset files at once. An error of process 0 still lets
+  the others through the barrier, to fail the same way on their own instead of waiting."""
+  from gdl_jax import data, sharding
+  if sharding.is_writer():
+    try:
+      dataset = data.load(name, data_dir)
+    except Exception:
+      sharding.sync("gdl_jax.data.load")
+      raise
+  sharding.sync("gdl_jax.data.load")
+  return dataset if sharding.is_writer() else data.load(name, data_dir)
+
+
 def cmd_train(args, overrides) -> int:
-  from gdl_jax import data
+  from gdl_jax import sharding
   from gdl_jax.train import loop
   init_distributed(args)  # multi-host (--distributed); checks the coordinator flags otherwise
   name = resolve_experiment(args.model, args.dataset)
@@ -230,12 +245,7 @@ def cmd_train(args, overrides) -> int:
     config.log_every = min(config.log_every, max(steps // 20, 1))
     config.eval_every = min(config.eval_every, steps)
     config.ckpt_every = min(config.ckpt_every, steps)
-  from gdl_jax import sharding
-  if not sharding.is_writer():  # multi-host: process 0 prepares a dataset first, the others then read it
-    sharding.sync("gdl_jax.data.load")
-  dataset = data.load(config.dataset, args.data_dir)
-  if sharding.is_writer():
-    sharding.sync("gdl_jax.data.load")
+  dataset = _load_dataset(config.dataset, args.data_dir)
   workdir = args.workdir or os.path.join("runs", f"{name}" + (f"_{config.dataset}" if not name.endswith(config.dataset) else ""))
   task = module.build(config, dataset.info)
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)

@@ -10,7 +10,7 @@ processes with one CPU device:
 Checks: A's and C's losses equal B's to 1e-5; in A only process 0 writes the run's files (an audit
 hook records every path each process opens for writing), process 1's only writes being orbax's
 per-process checkpoint parts; C restored A's step-3 checkpoint (3 steps this call) and continued
-exactly as B did.
+exactly as B did. The slow test resumes a killed 2-process run in 2 processes (multi-host restore).
 """
 
 import json
@@ -111,16 +111,35 @@ def _assert_same_rows(got, want):
       np.testing.assert_allclose(g[k], w[k], **tol, err_msg=f"{g['split']} {k} at {g['step']}")
 
 
+def _two_processes(workdir, tmp_path, tag):
+  """(Popen, log) of the 2 audited processes of `gdl-jax train ARGS --distributed` on localhost;
+  process i's writes go to tmp_path/writes_{tag}{i}.json."""
+  port = _free_port()
+  logs = [open(tmp_path / f"log_{tag}{i}", "w") for i in range(2)]
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _AUDITED, workdir, str(tmp_path / f"writes_{tag}{i}.json"), *ARGS,
+       "--workdir", workdir, "--distributed", "--coordinator_address", f"127.0.0.1:{port}",
+       "--num_processes", "2", "--process_id", str(i)],
+      env=_env(), cwd=ROOT, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  return procs, logs
+
+
+def _kill_after_step_3(src, dst):
+  """A copy of run `src` as a run killed after its step-3 checkpoint."""
+  shutil.copytree(src, dst)
+  shutil.rmtree(os.path.join(dst, "checkpoints", "6"))
+
+
+def _steps_this_call(workdir):
+  with open(os.path.join(workdir, "train_time.json")) as f:
+    return json.load(f)["steps_this_call"]
+
+
 def test_two_processes_train_like_one_and_resume_in_one(tmp_path, moons):
   del moons  # prepared once here (GDL_DATA_DIR), so the three runs only read it
   a, b, c = (str(tmp_path / n) for n in "abc")
-  port = _free_port()
-  logs = [open(tmp_path / f"log_{n}", "w") for n in ("a0", "a1", "b")]
-  procs = [subprocess.Popen(
-      [sys.executable, "-c", _AUDITED, a, str(tmp_path / f"writes_{i}.json"), *ARGS,
-       "--workdir", a, "--distributed", "--coordinator_address", f"127.0.0.1:{port}",
-       "--num_processes", "2", "--process_id", str(i)],
-      env=_env(), cwd=ROOT, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  procs, logs = _two_processes(a, tmp_path, "a")
+  logs.append(open(tmp_path / "log_b", "w"))
   procs.append(_cli([*ARGS, "--workdir", b], logs[2]))
   _wait(procs, logs)
 
@@ -130,9 +149,9 @@ def test_two_processes_train_like_one_and_resume_in_one(tmp_path, moons):
   _assert_same_rows(rows_a, rows_b)
 
   # (b) process 0 writes the run's files; process 1 only its own parts of orbax checkpoints.
-  with open(tmp_path / "writes_0.json") as f:
+  with open(tmp_path / "writes_a0.json") as f:
     writes0 = set(json.load(f))
-  with open(tmp_path / "writes_1.json") as f:
+  with open(tmp_path / "writes_a1.json") as f:
     writes1 = set(json.load(f))
   for name in ("config.json", "run.json", "metrics.jsonl", "samples.png", "comparison.json",
                "train_time.json"):
@@ -145,13 +164,24 @@ def test_two_processes_train_like_one_and_resume_in_one(tmp_path, moons):
   assert sorted(os.listdir(os.path.join(a, "checkpoints"))) == ["3", "6"]
 
   # (c) kill after step 3 (drop the step-6 checkpoint), resume in 1 process: B's numbers.
-  shutil.copytree(a, c)
-  shutil.rmtree(os.path.join(c, "checkpoints", "6"))
+  _kill_after_step_3(a, c)
   log_c = open(tmp_path / "log_c", "w")
   _wait([_cli([*ARGS, "--workdir", c], log_c)], [log_c])
-  with open(os.path.join(c, "train_time.json")) as f:
-    assert json.load(f)["steps_this_call"] == 3
+  assert _steps_this_call(c) == 3
   _assert_same_rows(_rows(c), rows_b)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_their_own_checkpoint(tmp_path, moons):
+  """Multi-host restore (every process reads its part of the orbax checkpoint): a 2-process run
+  killed after step 3 and resumed by 2 processes logs what the uninterrupted 2-process run did."""
+  del moons
+  a, r = str(tmp_path / "a"), str(tmp_path / "r")
+  _wait(*_two_processes(a, tmp_path, "a"))
+  _kill_after_step_3(a, r)
+  _wait(*_two_processes(r, tmp_path, "r"))
+  assert _steps_this_call(r) == 3
+  _assert_same_rows(_rows(r), _rows(a))
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -176,3 +206,19 @@ def test_distributed_outside_a_cluster_names_the_flags(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   assert "pass --coordinator_address HOST:PORT --num_processes N --process_id I" in out.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_mesh_orders_devices_by_process_and_single_process_helpers_are_identities():
+  import jax
+  from gdl_jax import sharding
+  devices = jax.devices()
+  mesh = sharding.make_mesh(devices[::-1])
+  assert [d.id for d in mesh.devices] == sorted(d.id for d in devices)
+  n = 4 * len(devices)
+  assert sharding.process_rows(n, mesh) == slice(0, n)
+  batch = {"x": np.arange(n * 3, dtype=np.float32).reshape(n, 3)}
+  assert sharding.local_part(batch, mesh) is batch
+  global_batch = sharding.shard_batch(batch, mesh)
+  np.testing.assert_array_equal(sharding.fetch(global_batch)["x"], batch["x"])
+  assert sharding.host_local(global_batch) is global_batch
+  assert sharding.is_writer()
