@@ -329,12 +329,53 @@ def _tuples(config):
   return config
 
 
+def init_distributed(args) -> None:
+  """`jax.distributed.initialize` for `train --distributed`: the explicit coordinator flags when
+  given (all three), else jax's cluster auto-detection (TPU pod slices, SLURM, Open MPI, ...).
+  Must run before the first jax computation; afterwards one Mesh spans every host's devices."""
+  explicit = {"coordinator_address": args.coordinator_address, "num_processes": args.num_processes,
+              "process_id": args.process_id}
+  given = {k: v for k, v in explicit.items() if v is not None}
+  if not args.distributed:
+    if given:
+      raise UsageError(f"{', '.join(f'--{k}' for k in given)} only appl{'y' if len(given) > 1 else 'ies'}"
+                       " with --distributed (multi-host training); add --distributed or drop them.")
+    return
+  if given and len(given) < len(explicit):
+    missing = ", ".join(f"--{k}" for k in explicit if k not in given)
+    raise UsageError(f"--distributed with {', '.join(f'--{k}' for k in given)} also needs {missing} "
+                     "(give all three, or none to let jax detect the cluster).")
+  if given and not 0 <= args.process_id < args.num_processes:
+    raise UsageError(f"--process_id={args.process_id} must be in [0, --num_processes="
+                     f"{args.num_processes}).")
+  import jax
+  try:
+    jax.distributed.initialize(**given)
+  except (ValueError, RuntimeError) as e:
+    raise UsageError(f"jax.distributed.initialize failed ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0][:300]}). Outside a TPU pod / SLURM / Open MPI job "
+                     "pass --coordinator_address HOST:PORT --num_processes N --process_id I.") from e
+
+
+def _load_dataset(name: str, data_dir: str | None):
+  """data.load; under multi-host process 0 loads (and prepares, the first time) before the others,
+  so that no two processes build the same dataset files at once. An error of process 0 still lets
+  the others through the barrier, to fail the same way on their own instead of waiting."""
+  from gdl_jax import data, sharding
+  if sharding.is_writer():
+    try:
+      dataset = data.load(name, data_dir)
+    except Exception:
+      sharding.sync("gdl_jax.data.load")
+      raise
+  sharding.sync("gdl_jax.data.load")
+  return dataset if sharding.is_writer() else data.load(name, data_dir)
+
+
 def cmd_train(args, overrides) -> int:
-  from gdl_jax import data
+  from gdl_jax import sharding
   from gdl_jax.train import loop
-  if args.distributed:
-    import jax
-    jax.distributed.initialize()  # cluster auto-detection; then one Mesh spans every host's devices
+  init_distributed(args)  # multi-host (--distributed); checks the coordinator flags otherwise
   if args.dataset is not None and not args.dataset.strip():
     raise UsageError("--dataset must not be empty; pass a name from `gdl-jax datasets` or leave it out.")
   name = resolve_experiment(args.model, args.dataset)
@@ -354,7 +395,7 @@ def cmd_train(args, overrides) -> int:
   defaults = get_config(module, args.variant, args.dataset)
   check_run(module, name, config, None, defaults=defaults)  # the values, before any data is read
   _check_new_path("--workdir", workdir, directory=True)
-  dataset = data.load(config.dataset, args.data_dir)
+  dataset = _load_dataset(config.dataset, args.data_dir)
   check_run(module, name, config, dataset, defaults=defaults)
   task = module.build(config, dataset.info)
   count, nbytes = state_size(task, config, dataset)
@@ -368,12 +409,20 @@ def cmd_train(args, overrides) -> int:
            else "write ") + workdir)
     return 0
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
-  if args.data_dir:
+  if args.data_dir and sharding.is_writer():
     with open(os.path.join(workdir, "run.json")) as f:
       run = json.load(f)
     run["data_dir"] = os.path.abspath(args.data_dir)
     with open(os.path.join(workdir, "run.json"), "w") as f:
       json.dump(run, f)
+  if args.distributed:
+    import jax
+    if jax.process_count() > 1:  # evaluation is single-process: run it afterwards on one host
+      if sharding.is_writer():
+        print(f"run written to {workdir} by process 0 of {jax.process_count()}" +
+              (f"; --evaluate is skipped in a multi-host run: evaluate on one host with "
+               f"`gdl-jax evaluate {workdir}`" if args.evaluate else ""))
+      return 0
   print(f"run written to {workdir}: config.json, metrics.jsonl, checkpoints/" +
         (", samples.png" if task.sample is not None else ""))
   if args.evaluate:
@@ -496,7 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
                       "device's memory) without training: print the resolved config, exit 0 or 2")
   t.add_argument("--evaluate", action="store_true", help="run `evaluate` on the run afterwards")
   t.add_argument("--distributed", action="store_true",
-                 help="multi-host: call jax.distributed.initialize() (TPU pods / SLURM / env vars)")
+                 help="multi-host: run this on every host; jax.distributed.initialize() detects "
+                      "TPU pod slices / SLURM / Open MPI, or takes the three flags below")
+  t.add_argument("--coordinator_address", default=None,
+                 help="with --distributed: HOST:PORT of process 0 (same on every host)")
+  t.add_argument("--num_processes", type=int, default=None, help="with --distributed: processes in all")
+  t.add_argument("--process_id", type=int, default=None, help="with --distributed: this process, 0..N-1")
   e = sub.add_parser("evaluate", help="the harness on a run: bits/dim, Fréchet distance, novelty")
   e.add_argument("run")
   e.add_argument("--num_samples", type=int, default=None)

@@ -38,9 +38,14 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *, experiment: str = "") -> None:
-  """Creates the run dir and writes config.json, or checks an existing one matches."""
-  os.makedirs(workdir, exist_ok=True)
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *, experiment: str = "",
+                    write: bool = True) -> None:
+  """Creates the run dir and writes config.json, or checks an existing one matches.
+
+  write=False: only the check (what every process of a multi-host run does before process 0 writes).
+  """
+  if write:
+    os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   want = json.loads(config_to_json(config))
   meta_path = os.path.join(workdir, "run.json")
@@ -59,6 +64,8 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *, experime
       if prev and prev != experiment:
         raise RunDirError(f"run directory {workdir} holds a {prev!r} run, not {experiment!r}; "
                           "pass a new --workdir.")
+    return
+  if not write:
     return
   with open(path + ".tmp", "w") as f:
     f.write(config_to_json(config))
@@ -83,7 +90,7 @@ class MetricsWriter:
   def __init__(self, workdir: str, tensorboard: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
-    if tensorboard and jax.process_index() == 0:
+    if tensorboard and sharding.is_writer():
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tb"))
@@ -91,7 +98,7 @@ class MetricsWriter:
         self._tb = None
 
   def write(self, step: int, split: str, metrics: dict) -> None:
-    if jax.process_index() != 0:
+    if not sharding.is_writer():
       return
     row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, "a") as f:
@@ -102,7 +109,7 @@ class MetricsWriter:
 
   def truncate_after(self, step: int) -> None:
     """Drops rows beyond `step` (a resumed run re-logs them, so the file reads as one run)."""
-    if not os.path.exists(self.path) or jax.process_index() != 0:
+    if not os.path.exists(self.path) or not sharding.is_writer():
       return
     with open(self.path) as f:
       rows = [json.loads(l) for l in f if l.strip()]
@@ -133,8 +140,8 @@ def init_state(task: Task, config, dataset: data_lib.Dataset, mesh):
   """The step-0 state, replicated on the mesh, and the run's base keys."""
   key = jax.random.key(config.seed)
   init_key, step_key, eval_key, sample_key = jax.random.split(key, 4)
-  example = sharding.shard_batch(
-      data_lib.batch_at(dataset.train, 0, config.batch_size, config.seed), mesh)
+  example = sharding.shard_batch(sharding.local_part(
+      data_lib.batch_at(dataset.train, 0, config.batch_size, config.seed), mesh), mesh)
   state = jax.jit(task.init, out_shardings=sharding.replicated(mesh))(init_key, example)
   return state, dict(step=step_key, eval=eval_key, sample=sample_key)
 
@@ -157,8 +164,8 @@ def evaluate_heldout(task: Task, state, dataset, config, mesh, key) -> dict:
     hi = min(lo + bs, lo + (n_test - lo) // ndev * ndev)
     if hi <= lo:
       break
-    batch = {k: v[lo:hi] for k, v in dataset.test.items()}
-    m = jax.device_get(task.eval_step(state, sharding.shard_batch(batch, mesh),
+    batch = sharding.local_part({k: v[lo:hi] for k, v in dataset.test.items()}, mesh)
+    m = sharding.fetch(task.eval_step(state, sharding.shard_batch(batch, mesh),
                                       jax.random.fold_in(key, i)))
     for k, v in m.items():
       sums[k] = sums.get(k, 0.0) + float(v) * (hi - lo)
@@ -174,7 +181,11 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
   stop_after: return after this many steps of this call (to simulate a kill in tests).
   Raises RunDirError, CheckpointError or NonFiniteLossError with a message naming the fix.
   """
-  prepare_workdir(workdir, config, experiment=experiment)
+  if jax.process_count() > 1:  # multi-host: every process checks the run dir, then process 0 writes
+    prepare_workdir(workdir, config, experiment=experiment, write=False)
+    sharding.sync("gdl_jax.prepare_workdir")
+  if sharding.is_writer():
+    prepare_workdir(workdir, config, experiment=experiment)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   data_lib.steps_per_epoch(dataset.num_examples("train"), config.batch_size)
@@ -194,7 +205,7 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
   end = total if stop_after is None else min(total, start + stop_after)
   pending: list[tuple[int, dict]] = []
   bar = None
-  if progress and jax.process_index() == 0:
+  if progress and sharding.is_writer():
     from tqdm.auto import tqdm
     bar = tqdm(total=total, initial=start, desc=experiment or "train", dynamic_ncols=True)
 
@@ -202,7 +213,7 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
     """Fetches pending metrics, checks them finite, logs their mean."""
     if not pending:
       return
-    host = jax.device_get([m for _, m in pending])
+    host = sharding.fetch([m for _, m in pending])
     for (s, _), m in zip(pending, host):
       if not all(math.isfinite(float(v)) for v in m.values()):
         bad = [k for k, v in m.items() if not math.isfinite(float(v))]
@@ -241,21 +252,24 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
         flush(step)
         ckpt.save(mngr, step, state)
       if config.get("sample_every", 0) and step % config.sample_every == 0 and \
-          task.sample is not None and dataset.info.kind == "image" and jax.process_index() == 0:
-        _write_progress_grid(task, state, dataset, config, workdir, keys["sample"], step)
+          task.sample is not None and dataset.info.kind == "image" and sharding.is_writer():
+        _write_progress_grid(task, sharding.host_local(state), dataset, config, workdir,
+                             keys["sample"], step)
   finally:
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
     if bar is not None:
       bar.close()
-  if step == total and write_samples and task.sample is not None and jax.process_index() == 0:
-    _write_samples(task, state, dataset, config, workdir, keys["sample"])
+  if step == total and write_samples and task.sample is not None and sharding.is_writer():
+    local = sharding.host_local(state)  # multi-host: process 0 samples alone, from its own copy
+    _write_samples(task, local, dataset, config, workdir, keys["sample"])
     _write_progress_gif(workdir)
     if task.write_artifacts is not None:
-      task.write_artifacts(state, dataset, workdir, keys["sample"])
-  with open(os.path.join(workdir, "train_time.json"), "w") as f:
-    json.dump({"steps_this_call": step - start, "seconds": time.time() - t0}, f)
+      task.write_artifacts(local, dataset, workdir, keys["sample"])
+  if sharding.is_writer():
+    with open(os.path.join(workdir, "train_time.json"), "w") as f:
+      json.dump({"steps_this_call": step - start, "seconds": time.time() - t0}, f)
   return state
 
 
