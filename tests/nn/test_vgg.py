@@ -11,24 +11,11 @@ import numpy as np
 import pytest
 
 from gdl_jax.nn import vgg
+from tests.helpers import photos
 
 pytest.importorskip("skimage")
 if not vgg.available():
   pytest.skip(f"needs the perceptual extra: {vgg.INSTALL_HINT}", allow_module_level=True)
-
-
-def photos(size: int, names=("astronaut", "coffee", "chelsea")) -> np.ndarray:
-  """Real photographs (scikit-image), centre-cropped square and resized: [N, size, size, 3] in [-1, 1]."""
-  import skimage.data
-  import skimage.transform
-  out = []
-  for name in names:
-    im = np.asarray(getattr(skimage.data, name)())[..., :3]
-    s = min(im.shape[:2])
-    y, x = (im.shape[0] - s) // 2, (im.shape[1] - s) // 2
-    im = skimage.transform.resize(im[y:y + s, x:x + s], (size, size), anti_aliasing=True)
-    out.append(im * 2.0 - 1.0)
-  return np.stack(out).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
