@@ -427,7 +427,7 @@ def cmd_train(args, overrides) -> int:
         (", samples.png" if task.sample is not None else ""))
   if args.evaluate:
     return cmd_evaluate(argparse.Namespace(run=workdir, num_samples=None, seed=0, no_features=False,
-                                           no_log_prob=False, no_samples=False, tag=None))
+                                           no_log_prob=False, no_samples=False, no_vgg=False, vgg=False, tag=None))
   return 0
 
 
@@ -486,7 +486,8 @@ def cmd_evaluate(args, overrides=()) -> int:
     keys = {k: jax.random.fold_in(v, args.seed) for k, v in keys.items()}
   metrics = evaluate_task(task, state, dataset, config, keys, num_samples=args.num_samples,
                          use_features=not args.no_features, use_log_prob=not args.no_log_prob,
-                         use_samples=not args.no_samples)
+                         use_samples=not args.no_samples,
+                         use_vgg=False if args.no_vgg else (True if getattr(args, 'vgg', False) else None))
   metrics = {"experiment": name, "dataset": config.dataset, "step": int(state.step),
              **({"overrides": list(overrides)} if overrides else {}), **metrics}
   suffix = f"_{tag}" if tag else ""
@@ -555,7 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
   e.add_argument("run")
   e.add_argument("--num_samples", type=int, default=None)
   e.add_argument("--seed", type=int, default=0)
-  e.add_argument("--no_features", action="store_true", help="skip the classifier Fréchet distance")
+  e.add_argument("--no_features", action="store_true",
+                 help="skip the Fréchet distances (classifier and VGG16 features)")
+  e.add_argument("--no_vgg", action="store_true",
+                 help="skip only the Fréchet distance in ImageNet VGG16 features (fd_vgg16; computed "
+                      "by default when the `perceptual` extra is installed, for RGB images of >= 16x16)")
+  e.add_argument("--vgg", action="store_true",
+                 help="also fd_vgg16 for a grey image set (>= 16x16; e.g. fashion_mnist: minutes on a "
+                      "CPU); needs the `perceptual` extra")
   e.add_argument("--no_log_prob", action="store_true", help="skip held-out bits/dim")
   e.add_argument("--no_samples", action="store_true",
                  help="skip sampling (Fréchet distance, novelty): e.g. a PixelCNN on 28x28 draws "
@@ -585,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
   from gdl_jax import runtime
   runtime.apply_xla_defaults()  # before the first computation; a no-op once a backend is running
   from gdl_jax.data.info import DataError
+  from gdl_jax.nn.vgg import PerceptualWeightsError
   from gdl_jax.train.checkpoint import CheckpointError
   from gdl_jax.train.loop import NonFiniteLossError, RunDirError
   argv = sys.argv[1:] if argv is None else argv
@@ -603,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
       return cmd_evaluate(args, overrides)
     if args.command == "sample":
       return cmd_sample(args)
-  except (DataError, ConfigError, UsageError, RunDirError, CheckpointError) as e:
+  except (DataError, ConfigError, UsageError, RunDirError, CheckpointError,
+          PerceptualWeightsError) as e:
     print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)
     return 2
   except NonFiniteLossError as e:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -19,3 +21,17 @@ def train_in_subprocess(args, workdir, *, evaluate: bool = True):
     with open(os.path.join(workdir, "metrics.json")) as f:
       return json.load(f)
   return None
+
+
+def photos(size: int, names=("astronaut", "coffee", "chelsea")) -> np.ndarray:
+  """Real photographs (scikit-image), centre-cropped square and resized: [N, size, size, 3] in [-1, 1]."""
+  import skimage.data
+  import skimage.transform
+  out = []
+  for name in names:
+    im = np.asarray(getattr(skimage.data, name)())[..., :3]
+    s = min(im.shape[:2])
+    y, x = (im.shape[0] - s) // 2, (im.shape[1] - s) // 2
+    im = skimage.transform.resize(im[y:y + s, x:x + s], (size, size), anti_aliasing=True)
+    out.append(im * 2.0 - 1.0)
+  return np.stack(out).astype(np.float32)

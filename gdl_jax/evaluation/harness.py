@@ -1,7 +1,8 @@
 """The evaluation harness: one `evaluate` for every family, and the classical baselines' table.
 
 Rule 1 (looks drawn from p_data): held-out bits/dim from `log_prob_fn`, classifier Fréchet distance
-from `feature_fn` on samples vs held-out images. Rule 2 (not a copy): novelty ratio and exact-copy
+from `feature_fn` on samples vs held-out images (and more Fréchet distances, e.g. in ImageNet VGG16
+features, from `extra_feature_fns`). Rule 2 (not a copy): novelty ratio and exact-copy
 share of the samples against the training set.
 """
 
@@ -27,7 +28,8 @@ DEFAULT_COLUMNS = (("bits/dim", "bits_per_dim", "{:.3f}"), ("FD", "frechet_dista
                    ("novelty ratio", "novelty_ratio", "{:.3f}"), ("copy share", "copy_share", "{:.3f}"),
                    ("nll (nats)", "nll", "{:.4g}"))
 # Shown only when some row has them.
-OPTIONAL_COLUMNS = (("label accuracy", "conditional_accuracy", "{:.3f}"),)
+OPTIONAL_COLUMNS = (("FD VGG16", "fd_vgg16", "{:.2f}"),
+                    ("label accuracy", "conditional_accuracy", "{:.3f}"))
 
 
 def _slice(split: dict, idx) -> dict:
@@ -75,12 +77,15 @@ def _features(feature_fn: FeatureFn, x: np.ndarray, batch_size: int) -> np.ndarr
 def evaluate(dataset: Dataset, *, sample_fn: Optional[SampleFn] = None,
              log_prob_fn: Optional[LogProbFn] = None, feature_fn: Optional[FeatureFn] = None,
              num_samples: int = 500, key: jax.Array, train_subset: Optional[int] = 10000,
-             batch_size: int = 256, samples=None) -> dict:
+             batch_size: int = 256, samples=None,
+             extra_feature_fns: Optional[Mapping[str, FeatureFn]] = None) -> dict:
   """Every metric that applies, as a flat dict of floats.
 
   - log_prob_fn -> "nll" (mean nats per test example) and, for images/text, "bits_per_dim".
   - sample_fn (or precomputed `samples`) -> with feature_fn (images): "frechet_distance" between
-    features of num_samples samples and as many random held-out images; for images/points:
+    features of num_samples samples and as many random held-out images; likewise one Fréchet
+    distance per entry of `extra_feature_fns` {metrics key: FeatureFn} (e.g. "fd_vgg16",
+    ImageNet VGG16 features: gdl_jax.evaluation.perceptual), on the same images; for images/points:
     "novelty_ratio", "sample_nn_median", "test_nn_median" (NN distances to a random
     `train_subset` of the training set, None = all) and "copy_share" (exact copies of any
     training example, against the full training set).
@@ -104,6 +109,9 @@ def evaluate(dataset: Dataset, *, sample_fn: Optional[SampleFn] = None,
     if feature_fn is not None and info.kind == "image":
       out["frechet_distance"] = M.frechet_distance(_features(feature_fn, x, batch_size),
                                                    _features(feature_fn, real, batch_size))
+    if info.kind == "image":
+      for name, fn in (extra_feature_fns or {}).items():
+        out[name] = M.frechet_distance(_features(fn, x, batch_size), _features(fn, real, batch_size))
     if info.kind in ("image", "points"):
       ref = train_x
       if train_subset is not None and train_subset < len(train_x):
@@ -139,7 +147,8 @@ def baseline_table(dataset: Dataset, feature_fn: Optional[FeatureFn] = None, *, 
                    kde_bandwidths: Optional[Sequence[float]] = None,
                    fit_subset: Optional[int] = 10000, val_fraction: float = 0.2,
                    train_subset: Optional[int] = 10000, which: Iterable[str] = (
-                       "independent", "mixture", "gmm", "kde"), verbose: bool = False) -> dict:
+                       "independent", "mixture", "gmm", "kde"), verbose: bool = False,
+                   extra_feature_fns: Optional[Mapping[str, FeatureFn]] = None) -> dict:
   """Fits the four baselines on dataset.train and evaluates each: {name: metrics}.
 
   independent categorical (add-alpha ML), mixture of independent categoricals (EM; k picked on a
@@ -156,7 +165,8 @@ def baseline_table(dataset: Dataset, feature_fn: Optional[FeatureFn] = None, *, 
   x_fit = x
   if fit_subset is not None and fit_subset < len(x):
     x_fit = x[np.sort(M.numpy_rng(jax.random.fold_in(key, 99)).choice(len(x), fit_subset, replace=False))]
-  common = dict(feature_fn=feature_fn, num_samples=num_samples, train_subset=train_subset)
+  common = dict(feature_fn=feature_fn, num_samples=num_samples, train_subset=train_subset,
+                extra_feature_fns=extra_feature_fns)
   rows: dict = {}
 
   def run(name, log_prob_fn, sample_fn, k, **extra):

@@ -11,8 +11,16 @@ from gdl_jax import sharding
 
 def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None = None,
                   use_features: bool = True, use_log_prob: bool = True,
-                  use_samples: bool = True) -> dict:
-  """Held-out bits/dim (if task.log_prob), classifier Fréchet distance and novelty (if task.sample)."""
+                  use_samples: bool = True, use_vgg: bool | None = None) -> dict:
+  """Held-out bits/dim (if task.log_prob), classifier Fréchet distance and novelty (if task.sample).
+
+  use_vgg: also the Fréchet distance in ImageNet VGG16 features ("fd_vgg16"). None (default): for
+  RGB image sets it applies to (`vgg_fd_applies`: >= 16x16) when the `perceptual` extra is
+  installed (grey sets such as Fashion-MNIST have their own classifier's FD; VGG16 on 2000 images
+  costs minutes on a CPU, so they take it only when asked); True: required for any image set it
+  applies to (1 or 3 channels) (raises with the install command
+  when the extra is missing); False: never. use_features=False skips it too.
+  """
   from gdl_jax.evaluation import harness
   n = int(num_samples or min(1000, dataset.num_examples("test")))
   mesh = sharding.make_mesh()
@@ -43,8 +51,21 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
     from gdl_jax.evaluation.classifier import feature_fn as make_feature_fn
     feature_fn = make_feature_fn(dataset, progress=False)
 
+  extra = {}
+  if use_features and sample_fn is not None and use_vgg is not False:
+    from gdl_jax.evaluation import perceptual
+    from gdl_jax.nn import vgg
+    applies = perceptual.vgg_fd_applies(dataset.info)
+    if use_vgg and not applies:
+      raise ValueError(f"the VGG16 Fréchet distance needs an image dataset of at least "
+                       f"{perceptual.VGG_FD_MIN_SIDE}x{perceptual.VGG_FD_MIN_SIDE} pixels with 1 or 3 "
+                       f"channels; {dataset.info.name!r} is {dataset.info.kind} {dataset.info.shape}.")
+    if applies and (use_vgg or (dataset.info.shape[-1] == 3 and vgg.available())):
+      extra[perceptual.VGG_FD_KEY] = perceptual.vgg16_feature_fn(dataset.info.levels)
+
   out = harness.evaluate(dataset, sample_fn=sample_fn, log_prob_fn=log_prob_fn,
-                         feature_fn=feature_fn, num_samples=n, key=keys["sample"])
+                         feature_fn=feature_fn, num_samples=n, key=keys["sample"],
+                         extra_feature_fns=extra)
   if feature_fn is not None and task.sample_labeled is not None:
     # class-conditional models: does the classifier see the class that was asked for?
     from gdl_jax.evaluation.classifier import label_fn
