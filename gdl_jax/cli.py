@@ -470,6 +470,9 @@ def cmd_evaluate(args, overrides=()) -> int:
   from gdl_jax.train import loop
   _check_int_flag("--num_samples", args.num_samples, 1)
   _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
+  if getattr(args, "vgg", False) and (args.no_vgg or args.no_features):
+    raise UsageError("--vgg asks for the VGG16 Fréchet distance that --no_vgg / --no_features skip; "
+                     "give one of them.")
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
   _fill_added_keys(config, module)
