@@ -187,6 +187,17 @@ def _tuples(config):
   return config
 
 
+def _build(module, config, info):
+  """module.build(config, info); a ValueError there (a config value the experiment refuses) becomes
+  one clear CLI error (exit 2) instead of a traceback."""
+  try:
+    return module.build(config, info)
+  except ValueError as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(str(e)) from e
+
+
 def cmd_train(args, overrides) -> int:
   from gdl_jax import data
   from gdl_jax.train import loop
@@ -206,7 +217,7 @@ def cmd_train(args, overrides) -> int:
     config.ckpt_every = min(config.ckpt_every, steps)
   dataset = data.load(config.dataset, args.data_dir)
   workdir = args.workdir or os.path.join("runs", f"{name}" + (f"_{config.dataset}" if not name.endswith(config.dataset) else ""))
-  task = module.build(config, dataset.info)
+  task = _build(module, config, dataset.info)
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
   if args.data_dir:
     with open(os.path.join(workdir, "run.json")) as f:
@@ -266,7 +277,7 @@ def cmd_evaluate(args, overrides=()) -> int:
     _add_missing(config, get_config(module, "default", config.dataset))
   tag = _evaluation_tag(args, list(overrides))
   apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit
-  task = module.build(config, dataset.info)
+  task = _build(module, config, dataset.info)
   state, keys = loop.latest_state(task, config, dataset, args.run)
   if args.seed:  # another draw of the samples (and of any stochastic bound)
     import jax
@@ -286,14 +297,18 @@ def cmd_evaluate(args, overrides=()) -> int:
   return 0
 
 
-def cmd_sample(args) -> int:
+def cmd_sample(args, overrides=()) -> int:
   import jax
   import numpy as np
   from gdl_jax.evaluation.grids import save_grid
   from gdl_jax.train import loop
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
-  task = module.build(config, dataset.info)
+  if overrides:  # sampler settings (e.g. --config.model.truncation=0.7), as in `evaluate`
+    _fill_added_keys(config, module)
+    _add_missing(config, get_config(module, "default", config.dataset))
+    apply_overrides(config, list(overrides))
+  task = _build(module, config, dataset.info)
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
   state, _ = loop.latest_state(task, config, dataset, args.run)
@@ -337,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "784 sequential network passes per image")
   e.add_argument("--tag", default=None,
                  help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
-  s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint")
+  s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint; "
+                     "--config.KEY=VALUE overrides sampler settings (e.g. model.truncation)")
   s.add_argument("run")
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--seed", type=int, default=0)
@@ -356,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
   rest, overrides = _split_config_args(argv)
   parser = build_parser()
   args = parser.parse_args(rest)
-  if overrides and args.command not in ("train", "evaluate"):
-    parser.error("--config.KEY=VALUE overrides only apply to `train` and `evaluate`.")
+  if overrides and args.command not in ("train", "evaluate", "sample"):
+    parser.error("--config.KEY=VALUE overrides only apply to `train`, `evaluate` and `sample`.")
   try:
     if args.command == "datasets":
       return cmd_datasets(args)
@@ -368,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
       return cmd_evaluate(args, overrides)
     if args.command == "sample":
-      return cmd_sample(args)
+      return cmd_sample(args, overrides)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError) as e:
     print(f"gdl-jax: error: {e}", file=sys.stderr)
     return 2
