@@ -65,7 +65,7 @@ def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_c
   if dataset == "digits":  # 8x8: two synthesis blocks (4x4, 8x8)
     c.model.update(resolution=8, latent_dim=64, w_dim=64, mapping_layers=4, gen_channels=(128, 64),
                    disc_channels=(64, 128))
-  if variant == "small":   # CPU-sized
+  if variant == "small":   # CPU-sized (2500 steps)
     c.steps = min(c.steps, 2500)
     if dataset != "digits":
       c.model.update(latent_dim=128, w_dim=128, mapping_layers=4, gen_channels=(128, 128, 64, 32),

@@ -12,7 +12,7 @@ Modulated convolution (Karras et al. 2020, eq. 1-3): for example b with style s_
 and y_b = conv(x_b, w''_b). Two equal ways to compute it (`fused`):
   fused=True   one grouped convolution with a per-example kernel (feature_group_count = B);
   fused=False  scale the input channels by s_b, one ordinary convolution with w, then scale the
-               output channels by the demodulation coefficients (faster on CPUs).
+               output channels by the demodulation coefficients (the official non-fused path).
 Shapes are NHWC; kernels HWIO.
 """
 
