@@ -372,6 +372,17 @@ def _load_dataset(name: str, data_dir: str | None):
   return dataset if sharding.is_writer() else data.load(name, data_dir)
 
 
+def _build(module, config, info):
+  """module.build(config, info); a ValueError there (a config value the experiment refuses) becomes
+  one clear CLI error (exit 2) instead of a traceback."""
+  try:
+    return module.build(config, info)
+  except ValueError as e:
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(str(e)) from e
+
+
 def cmd_train(args, overrides) -> int:
   from gdl_jax import sharding
   from gdl_jax.train import loop
@@ -397,7 +408,7 @@ def cmd_train(args, overrides) -> int:
   _check_new_path("--workdir", workdir, directory=True)
   dataset = _load_dataset(config.dataset, args.data_dir)
   check_run(module, name, config, dataset, defaults=defaults)
-  task = module.build(config, dataset.info)
+  task = _build(module, config, dataset.info)
   count, nbytes = state_size(task, config, dataset)
   check_memory(count, nbytes)
   if args.check:
@@ -482,7 +493,7 @@ def cmd_evaluate(args, overrides=()) -> int:
   apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit
   if overrides:
     check_run(module, name, config, dataset, defaults=get_config(module, "default", config.dataset))
-  task = module.build(config, dataset.info)
+  task = _build(module, config, dataset.info)
   state, keys = loop.latest_state(task, config, dataset, args.run)
   if args.seed:  # another draw of the samples (and of any stochastic bound)
     import jax
@@ -503,7 +514,7 @@ def cmd_evaluate(args, overrides=()) -> int:
   return 0
 
 
-def cmd_sample(args) -> int:
+def cmd_sample(args, overrides=()) -> int:
   import jax
   import numpy as np
   from gdl_jax.evaluation.grids import save_grid
@@ -514,7 +525,12 @@ def cmd_sample(args) -> int:
     _check_new_path("--out", args.out, directory=False)
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
-  task = module.build(config, dataset.info)
+  if overrides:  # sampler settings (e.g. --config.model.truncation=0.7), as in `evaluate`
+    _fill_added_keys(config, module)
+    _add_missing(config, get_config(module, "default", config.dataset))
+    apply_overrides(config, list(overrides))
+    check_run(module, name, config, dataset, defaults=get_config(module, "default", config.dataset))
+  task = _build(module, config, dataset.info)
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
   state, _ = loop.latest_state(task, config, dataset, args.run)
@@ -573,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "784 sequential network passes per image")
   e.add_argument("--tag", default=None,
                  help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
-  s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint")
+  s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint; "
+                     "--config.KEY=VALUE overrides sampler settings (e.g. model.truncation)")
   s.add_argument("run")
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--seed", type=int, default=0)
@@ -603,8 +620,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides = _split_config_args(argv)
     args = build_parser().parse_args(rest)
-    if overrides and args.command not in ("train", "evaluate"):
-      raise UsageError("--config.KEY=VALUE overrides only apply to `train` and `evaluate`.")
+    if overrides and args.command not in ("train", "evaluate", "sample"):
+      raise UsageError("--config.KEY=VALUE overrides only apply to `train`, `evaluate` and `sample`.")
     if args.command == "datasets":
       return cmd_datasets(args)
     if args.command == "experiments":
@@ -614,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate":
       return cmd_evaluate(args, overrides)
     if args.command == "sample":
-      return cmd_sample(args)
+      return cmd_sample(args, overrides)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError,
           PerceptualWeightsError) as e:
     print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)

@@ -79,6 +79,15 @@ def gradient_penalty(critic_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   return jnp.mean(jnp.square(norms - target)), norms
 
 
+def r1_penalty(critic_fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """R1 (Mescheder et al. 2018): mean_i ||grad_{x_i} sum_j f(x_j)||^2 at real images x; also the
+  per-example norms [B]. For a critic that mixes examples (minibatch stddev) this is the gradient
+  of the summed logits, as in StyleGAN2's code; the loss term is gamma / 2 times this."""
+  grads = jax.grad(lambda v: critic_fn(v).sum())(x)                                  # [B, ...]
+  sq = jnp.sum(jnp.square(grads).reshape(grads.shape[0], -1), axis=-1)               # [B]
+  return jnp.mean(sq), jnp.sqrt(sq)
+
+
 def clip_params(params, clip_value: float):
   """WGAN weight clipping: project every parameter leaf into [-clip_value, clip_value].
 

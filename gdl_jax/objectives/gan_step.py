@@ -17,6 +17,16 @@ Auxiliary classifier (aux_weight > 0, AC-GAN; the critic needs aux_classes = the
 and no label input):
   the critic also minimises aux_weight * cross-entropy of its class head on the real images' labels,
   the generator aux_gen_weight * cross-entropy on its fakes for the labels it was asked for.
+Regularisers of the critic (on the critic's own examples, so BatchNorm critics are refused):
+  gp_weight  WGAN-GP's (||grad f(x_hat)|| - 1)^2 on random interpolates;
+  r1_weight  R1 (Mescheder et al. 2018): r1_weight / 2 * mean_i ||grad_{x_i} sum_j f(x_j)||^2 on the
+             real images (StyleGAN2's gamma / 2 convention);
+  reg_every  lazy regularisation (Karras et al. 2020): both penalties enter only the critic updates
+             whose global index (step * n_critic + i) is a multiple of reg_every, multiplied by
+             reg_every (1: every update, the plain form). Skipped updates do not compute them
+             (a lax.cond), so lazy R1 costs about 1 / reg_every of its double backward pass.
+Generator randomness (gen_rngs): the names of Linen rng streams the generator draws from in
+training (StyleGAN2: ("noise", "mixing")); each gets a fresh key per generator call.
 Batch-norm statistics: the critic's running stats are updated by its own updates only (real and
 fake halves pass separately, as in DCGAN); the generator's by the generator update only.
 """
@@ -71,6 +81,7 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
                   loss: str = "nsgan", n_critic: int = 1, critic_batches: str = "reuse",
                   gp_weight: float = 0.0, clip_value: float = 0.0, label_noise: float = 0.0,
                   aux_weight: float = 0.0, aux_gen_weight: float = 0.0,
+                  r1_weight: float = 0.0, reg_every: int = 1, gen_rngs: tuple[str, ...] = (),
                   ema_decay: Optional[float] = None, levels: Optional[int] = None,
                   x_key: str = "image", jit: bool = True):
   """Returns `step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
@@ -81,8 +92,9 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
   levels: integer image levels, converted with `to_signed`; None for float data such as points.
   Conditional players (num_classes > 0) read batch["label"]. The key is folded with state.step.
   Metrics (scalars): loss (= d_loss, the loop's generic column), d_loss, g_loss, d_real, d_fake
-  (mean D outputs), wasserstein (d_real - d_fake), gp and grad_norm (with gp_weight), aux_real /
-  aux_fake and aux_acc_real / aux_acc_fake (the class head's cross-entropy and accuracy), l2 norms of
+  (mean D outputs), wasserstein (d_real - d_fake), gp and grad_norm (with gp_weight), r1 and
+  r1_grad_norm (with r1_weight; 0 on updates the lazy schedule skips, where reg_applied = 0),
+  aux_real / aux_fake and aux_acc_real / aux_acc_fake (the class head's cross-entropy and accuracy), l2 norms of
   gradients / params / generator updates; critic metrics are means over the n_critic updates.
   """
   if loss not in LOSSES:
@@ -91,11 +103,13 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
     raise ValueError(f"critic_batches={critic_batches!r} is unknown; use one of {CRITIC_BATCHES}.")
   if n_critic < 1:
     raise ValueError(f"n_critic must be >= 1; got {n_critic}.")
-  if gp_weight and getattr(discriminator, "norm", "none") == "batch":
+  if reg_every < 1:
+    raise ValueError(f"reg_every must be >= 1 (1 = regularise every critic update); got {reg_every}.")
+  if (gp_weight or r1_weight) and getattr(discriminator, "norm", "none") == "batch":
     raise ValueError("the gradient penalty needs a critic that treats examples independently; "
                      "use the discriminator with norm='layer' or norm='none', not 'batch'.")
-  if clip_value < 0 or gp_weight < 0:
-    raise ValueError("clip_value and gp_weight must be >= 0.")
+  if clip_value < 0 or gp_weight < 0 or r1_weight < 0:
+    raise ValueError("clip_value, gp_weight and r1_weight must be >= 0.")
   conditional = getattr(generator, "num_classes", 0) > 0
   if aux_weight < 0 or aux_gen_weight < 0:
     raise ValueError("aux_weight and aux_gen_weight must be >= 0.")
@@ -115,9 +129,26 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
 
   def generate(gparams, gstats, n, labels, key, train):
     z = jax.random.normal(key, (n, latent_dim))                                      # [B, Z]
-    return apply_player(generator, gparams, gstats, z, labels, train=train)
+    rngs = {name: jax.random.fold_in(key, i + 1) for i, name in enumerate(gen_rngs)} or None
+    return apply_player(generator, gparams, gstats, z, labels, train=train, rngs=rngs)
 
-  def disc_loss(dparams, dstats, gparams, gstats, x, labels, key):
+  def penalties(dparams, x, fake, labels, k_gp, k_d3):
+    """reg_every * (gp_weight * gp + r1_weight / 2 * r1) and its metrics (no reg_every factor)."""
+    critic = lambda v: discriminator.apply({"params": dparams}, v, labels, train=True,
+                                           rngs={"dropout": k_d3})
+    value, metrics = jnp.zeros(()), {}
+    if gp_weight:
+      x_hat = losses.random_interpolates(x, fake, k_gp)
+      gp, norms = losses.gradient_penalty(critic, x_hat)
+      value = value + gp_weight * gp
+      metrics.update(gp=gp, grad_norm=norms.mean())
+    if r1_weight:
+      r1, norms = losses.r1_penalty(critic, x)
+      value = value + 0.5 * r1_weight * r1
+      metrics.update(r1=r1, r1_grad_norm=norms.mean())
+    return reg_every * value, metrics
+
+  def disc_loss(dparams, dstats, gparams, gstats, x, labels, key, regularise):
     k_z, k_d1, k_d2, k_noise, k_gp, k_d3 = jax.random.split(key, 6)
     fake, _ = generate(gparams, gstats, x.shape[0], labels, k_z, True)               # G stats: unchanged
     fake = jax.lax.stop_gradient(fake)
@@ -137,13 +168,16 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
       aux = losses.auxiliary_class_loss(real_logits, labels)
       value = value + aux_weight * aux
       metrics.update(aux_real=aux, aux_acc_real=jnp.mean(jnp.argmax(real_logits, -1) == labels))
-    if gp_weight:
-      x_hat = losses.random_interpolates(x, fake, k_gp)
-      critic = lambda v: discriminator.apply({"params": dparams}, v, labels, train=True,
-                                             rngs={"dropout": k_d3})
-      gp, norms = losses.gradient_penalty(critic, x_hat)
-      value = value + gp_weight * gp
-      metrics.update(gp=gp, grad_norm=norms.mean())
+    if gp_weight or r1_weight:
+      reg = lambda: penalties(dparams, x, fake, labels, k_gp, k_d3)
+      if reg_every == 1:
+        reg_value, reg_metrics = reg()
+      else:  # lazy: computed only on the scheduled updates (zeros of the same structure otherwise)
+        skip = lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(reg))
+        reg_value, reg_metrics = jax.lax.cond(regularise, reg, skip)
+        reg_metrics["reg_applied"] = regularise.astype(jnp.float32)
+      value = value + reg_value
+      metrics.update(reg_metrics)
     return value, (dstats, metrics)
 
   def gen_loss(gparams, gstats, dparams, dstats, n, labels, key):
@@ -174,10 +208,10 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
       ls = None if labels is None else labels.reshape(n_critic, b // n_critic)
     gparams, gstats = state.params["gen"], state.extra["gen"]
 
-    def critic_update(carry, k, xi, li):
+    def critic_update(carry, k, xi, li, regularise):
       dparams, dopt, dstats = carry
       (_, (dstats, metrics)), grads = jax.value_and_grad(disc_loss, has_aux=True)(
-          dparams, dstats, gparams, gstats, xi, li, k)
+          dparams, dstats, gparams, gstats, xi, li, k, regularise)
       updates, dopt = disc_optimizer.update(grads, dopt, dparams)
       dparams = optax.apply_updates(dparams, updates)
       if clip_value:
@@ -193,7 +227,8 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
       split = critic_batches == "split"
       xi = xs[i] if split else x
       li = None if labels is None else (ls[i] if split else labels)
-      carry, metrics_i = critic_update(carry, k, xi, li)
+      regularise = (state.step * n_critic + i) % reg_every == 0                     # lazy schedule
+      carry, metrics_i = critic_update(carry, k, xi, li, regularise)
       per_update.append(metrics_i)
     dparams, dopt, dstats = carry
     dmetrics = jax.tree.map(lambda *m: jnp.stack(m), *per_update)
