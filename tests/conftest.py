@@ -1,4 +1,12 @@
-"""Test config: 2 CPU devices (so sharding is exercised), a private data dir and cache per session."""
+"""Test config: 2 CPU devices (so sharding is exercised), a private data dir and cache per session.
+
+Seeds: the overfit / learning tests take their init and data keys from the `test_seed` fixture,
+read from the env var GDL_TEST_SEED (default 0). Their assertions hold with a margin for seeds
+0, 1, 2 (other CPUs round differently, so a test must not depend on one seed's exact curve); to
+check that on a new machine:  GDL_TEST_SEED=1 python -m pytest -q tests/models ...
+Each such test records its asserted value and threshold with `record_property`, so
+`--junitxml=out.xml` lists the margins.
+"""
 
 import os
 import tempfile
@@ -13,6 +21,23 @@ os.environ.setdefault("GDL_CACHE_DIR", os.path.join(_TMP, "cache"))
 os.makedirs(os.environ["GDL_DATA_DIR"], exist_ok=True)
 
 import pytest  # noqa: E402
+
+
+def _seed_from_env() -> int:
+  raw = os.environ.get("GDL_TEST_SEED", "0")
+  try:
+    return int(raw)
+  except ValueError:
+    raise ValueError(f"GDL_TEST_SEED={raw!r} is not an integer; set it to e.g. 0, 1 or 2") from None
+
+
+TEST_SEED = _seed_from_env()
+
+
+@pytest.fixture(scope="session")
+def test_seed() -> int:
+  """The seed (GDL_TEST_SEED, default 0) of the overfit / learning tests' init and data keys."""
+  return TEST_SEED
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ from gdl_jax.models.classifiers import CNN, MLP, classifier_loss, predict
 from gdl_jax.train import TrainState, make_train_step
 
 
-def _init(model, x):
-  variables = model.init(jax.random.key(0), jnp.zeros(x.shape, jnp.float32))
+def _init(model, x, seed=0):
+  variables = model.init(jax.random.key(seed), jnp.zeros(x.shape, jnp.float32))
   params = variables.pop("params")
   return params, dict(variables)
 
@@ -35,16 +35,23 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
   assert not np.allclose(t1.logits, t2.logits)
 
 
-def test_cnn_overfits_a_small_batch(digits):
+def test_cnn_overfits_a_small_batch(digits, test_seed, record_property):
+  """32 training digits (the first 32 for seed 0, else drawn by the seed) are learned by heart."""
   model = CNN(10, channels=(8, 8, 16, 16), dense=32, dropout=0.0)
-  batch = {"image": jnp.asarray(digits.train["image"][:32]),
-           "label": jnp.asarray(digits.train["label"][:32])}
-  params, extra = _init(model, batch["image"])
+  n = len(digits.train["label"])
+  idx = np.arange(32) if test_seed == 0 else np.random.default_rng(test_seed).choice(n, 32, replace=False)
+  batch = {"image": jnp.asarray(digits.train["image"][idx]),
+           "label": jnp.asarray(digits.train["label"][idx])}
+  params, extra = _init(model, batch["image"], test_seed)
   opt = optax.adam(3e-3)
   step = make_train_step(classifier_loss(model, 17), opt)
   state = TrainState.create(params, opt, extra=extra)
+  losses = []
   for _ in range(60):
-    state, m = step(state, batch, jax.random.key(0))
+    state, m = step(state, batch, jax.random.key(test_seed))
+    losses.append(float(m["loss"]))
   out = predict(model, {"params": state.params, **state.extra}, batch["image"], 17)
-  assert float(m["loss"]) < 0.05
+  tail = max(losses[-5:])  # ~0.035 for seeds 0-2 (2.3 at init): 0.1 leaves a ~3x margin
+  record_property("loss_max_last5", f"{tail:.4g} < 0.1")
+  assert tail < 0.1, losses[::10]
   assert float((out.logits.argmax(-1) == batch["label"]).mean()) == 1.0

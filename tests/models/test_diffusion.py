@@ -87,7 +87,7 @@ def test_from_config_rejects_bad_values():
     DiffusionModel.from_config(c.model, 1)
 
 
-def test_experiment_task_overfits_a_batch_and_samples_levels(digits):
+def test_experiment_task_overfits_a_batch_and_samples_levels(digits, test_seed, record_property):
   """The tiny ddpm_digits Task: the loss on one fixed batch falls, EMA tracks, samples are
   integer levels, log_prob is a finite negative bound, eval_step reports bits/dim."""
   from experiments.ddpm_digits import build, get_config
@@ -95,20 +95,37 @@ def test_experiment_task_overfits_a_batch_and_samples_levels(digits):
   c.steps = 300
   c.optimizer.lr, c.optimizer.warmup_steps = 3e-3, 0
   c.model.ema_decay = 0.9
+  # bits/dim: the bound of the 10-step chain at all its steps (the tiny variant's 2 sampled steps
+  # give an estimate whose noise alone moved the trained/untrained ratio past 0.6 for some keys)
+  c.model.eval_vlb_steps = c.model.vlb_chain_steps
   task = build(c, digits.info)
-  batch = {k: v[:8] for k, v in digits.train.items()}
+  n = len(digits.train["label"])
+  idx = np.arange(8) if test_seed == 0 else np.random.default_rng(test_seed).choice(n, 8, replace=False)
+  batch = {k: v[idx] for k, v in digits.train.items()}
   # an rbg key: the initialisers compile ~3x faster on CPU than with threefry
-  state = jax.jit(task.init)(jax.random.key(0, impl="rbg"), batch)
+  state = jax.jit(task.init)(jax.random.key(test_seed, impl="rbg"), batch)
   assert state.ema_params is not None
-  ev0 = task.eval_step(state, batch, jax.random.key(5))
+  key = jax.random.key(test_seed)
+
+  def evaluate(state):  # the mean over 4 keys (32 draws of t and noise); the same keys each time
+    evs = [task.eval_step(state, batch, jax.random.fold_in(key, 5 + j)) for j in range(4)]
+    return {k: float(np.mean([float(e[k]) for e in evs])) for k in ("loss", "bits_per_dim")}
+
+  ev0 = evaluate(state)
   losses = []
   for _ in range(c.steps):
-    state, m = task.step(state, batch, jax.random.key(1))
+    state, m = task.step(state, batch, jax.random.fold_in(key, 1))
     losses.append(float(m["loss"]))
-  ev1 = task.eval_step(state, batch, jax.random.key(5))
-  assert np.mean(losses[-30:]) < 0.6 * np.mean(losses[:10]), (losses[:10], losses[-30:])
-  assert float(ev1["loss"]) < 0.5 * float(ev0["loss"])  # same key: same t and noise draws
-  assert 0 < float(ev1["bits_per_dim"]) < 0.6 * float(ev0["bits_per_dim"])
+  ev1 = evaluate(state)
+  # seeds 0-2: the ratios are ~0.33 (train loss), ~0.3-0.45 (eval loss), ~0.42 (bits/dim)
+  head, tail = float(np.mean(losses[:10])), float(np.mean(losses[-30:]))
+  record_property("loss_mean_last30", f"{tail:.4g} < 0.6 * {head:.4g} = {0.6 * head:.4g}")
+  record_property("eval_loss", f"{ev1['loss']:.4g} < 0.6 * {ev0['loss']:.4g} = {0.6 * ev0['loss']:.4g}")
+  record_property("eval_bpd", f"{ev1['bits_per_dim']:.4g} < 0.6 * {ev0['bits_per_dim']:.4g} = "
+                  f"{0.6 * ev0['bits_per_dim']:.4g}")
+  assert tail < 0.6 * head, (losses[:10], losses[-30:])
+  assert ev1["loss"] < 0.6 * ev0["loss"], (ev0, ev1)
+  assert 0 < ev1["bits_per_dim"] < 0.6 * ev0["bits_per_dim"], (ev0, ev1)
   assert not np.allclose(jax.tree.leaves(state.ema_params)[0], jax.tree.leaves(state.params)[0])
 
   x = np.asarray(task.sample(state, jax.random.key(2), 5))

@@ -112,7 +112,7 @@ def test_too_long_input_is_refused():
     _model("sinusoidal").init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
 
 
-def test_overfits_two_sequences():
+def test_overfits_two_sequences(test_seed, record_property):
   model = GPT(vocab_size=V, max_len=T, dim=16, num_heads=2, num_layers=1)
   x = jnp.asarray([[1, 2, 3, 4, 5, 6, 0, 1, 2, 3], [6, 5, 4, 3, 2, 1, 0, 6, 5, 4]], jnp.int32)
   opt = optax.adam(2e-2)
@@ -127,5 +127,10 @@ def test_overfits_two_sequences():
       return (optax.apply_updates(p, u), s), loss
     return jax.lax.scan(body, (p, opt.init(p)), None, length=100)[1]
 
-  hist = np.asarray(train(jax.jit(model.init)(jax.random.key(0), x)))
-  assert hist[0] > 1.5 and hist[-1] < 0.1, hist[::20]  # log(7) = 1.95 nats at init
+  hist = np.asarray(train(jax.jit(model.init)(jax.random.key(test_seed), x)))
+  assert hist[0] > 1.5, hist[::20]  # log(7) = 1.95 nats at init
+  # The floor is log(2) / T = 0.069 nats (the first token is 1 or 6, a coin flip); every seed is
+  # within 0.003 of it after 100 steps, so the mean of the last 10 steps has a 10x margin.
+  tail = float(np.mean(hist[-10:]))
+  record_property("nll_mean_last10", f"{tail:.4g} < {np.log(2) / T:.4g} + 0.03")
+  assert tail < np.log(2) / T + 0.03, hist[::20]

@@ -99,15 +99,24 @@ def test_discretized_logistic_matches_scipy():
   assert np.isfinite(np.asarray(g)).all()
 
 
+OVERFIT_STEPS = 150
+
+
 @pytest.fixture(scope="module")
-def overfit():
-  """A tiny gated PixelCNN trained on 4 digits: returns (model, params, images, bits/dim history)."""
+def overfit(test_seed):
+  """A tiny gated PixelCNN trained on 4 digits (the first 4 for seed 0, else 4 drawn by the seed):
+  returns (model, params, images, bits/dim history). The learning rate decays (cosine, 1e-2 ->
+  5e-4): with a constant Adam(1e-2) the curve oscillates between ~0.5 and ~2 bits/dim to the
+  end, so where it stopped depended on the CPU's rounding."""
   from sklearn.datasets import load_digits
-  x = jnp.asarray(load_digits().images[:4].astype(np.int32)[..., None])  # [4, 8, 8, 1], 17 levels
+  images = load_digits().images.astype(np.int32)[..., None]  # [1797, 8, 8, 1], 17 levels
+  idx = np.arange(4) if test_seed == 0 else np.random.default_rng(test_seed).choice(
+      len(images), 4, replace=False)
+  x = jnp.asarray(images[idx])
   model = PixelCNN(levels=17, features=16, num_layers=3, head_features=32, arch="gated",
                    head="logistic_mixture", num_mixtures=3, first_kernel_size=5)
-  params = jax.jit(model.init)(jax.random.key(0), x)
-  opt = optax.adam(1e-2)
+  params = jax.jit(model.init)(jax.random.key(test_seed), x)
+  opt = optax.adam(optax.cosine_decay_schedule(1e-2, OVERFIT_STEPS, alpha=0.05))
 
   def bpd(p):
     return -jnp.mean(log_prob_of(model.apply(p, x), x)) / (64 * np.log(2))
@@ -119,17 +128,20 @@ def overfit():
       loss, g = jax.value_and_grad(bpd)(p)
       u, s = opt.update(g, s, p)
       return (optax.apply_updates(p, u), s), loss
-    (p, _), hist = jax.lax.scan(body, (p, opt.init(p)), None, length=200)
+    (p, _), hist = jax.lax.scan(body, (p, opt.init(p)), None, length=OVERFIT_STEPS)
     return p, hist
 
   params, hist = train(params)
   return model, params, x, np.asarray(hist)
 
 
-def test_overfits_a_few_digits(overfit):
+def test_overfits_a_few_digits(overfit, record_property):
   _, _, _, hist = overfit
   assert hist[0] > 3.0        # ~ log2(17) = 4.09 at init
-  assert hist[-1] < 1.0, hist[::25]
+  # the mean of the last 20 steps: 0.42 / 0.33 bits/dim for seeds 0 / 1, so 1.0 leaves a 2x margin
+  tail = float(np.mean(hist[-20:]))
+  record_property("bpd_mean_last20", f"{tail:.4g} < 1.0")
+  assert tail < 1.0, hist[::25]
 
 
 def test_log_probs_are_normalized_and_exact(overfit):
@@ -148,6 +160,10 @@ def test_greedy_raster_sample_is_a_fixed_point(overfit):
   fn = lambda z: model.apply(params, z)  # noqa: E731
   x = jax.jit(lambda k: sample_raster(fn, k, (3, 8, 8, 1), temperature=0.0))(jax.random.key(0))
   assert x.shape == (3, 8, 8, 1) and x.dtype == jnp.int32
-  np.testing.assert_array_equal(x, jnp.argmax(fn(x), -1))
+  # each pixel is a maximiser of its conditional (to 1e-4 nats: a near-tie may round either way
+  # on another CPU, where the convolution sums the masked-out taps in another order)
+  lp = np.asarray(fn(x))
+  chosen = np.take_along_axis(lp, np.asarray(x)[..., None], -1)[..., 0]
+  np.testing.assert_allclose(chosen, lp.max(-1), rtol=0, atol=1e-4)
   y = jax.jit(lambda k: sample_raster(fn, k, (4, 8, 8, 1)))(jax.random.key(1))
   assert int(y.min()) >= 0 and int(y.max()) <= 16

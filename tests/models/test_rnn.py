@@ -61,10 +61,10 @@ def test_unknown_cell_is_refused():
     RNNLM(vocab_size=V, cell="rnn").init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
 
 
-def test_lstm_overfits_two_sequences():
+def test_lstm_overfits_two_sequences(test_seed, record_property):
   model = RNNLM(vocab_size=V, embed_dim=8, hidden=32, cell="lstm")
   x = jnp.asarray([[1, 2, 3, 4, 5, 0, 1, 2, 3], [5, 4, 3, 2, 1, 0, 5, 4, 3]], jnp.int32)
-  params = model.init(jax.random.key(0), x)
+  params = jax.jit(model.init)(jax.random.key(test_seed), x)
   opt = optax.adam(3e-2)
   nll = lambda p: -jnp.mean(sequence_log_prob(model.apply(p, x), x)) / T  # noqa: E731
 
@@ -75,10 +75,15 @@ def test_lstm_overfits_two_sequences():
       loss, g = jax.value_and_grad(nll)(p)
       u, s = opt.update(g, s, p)
       return (optax.apply_updates(p, u), s), loss
-    return jax.lax.scan(body, (p, opt.init(p)), None, length=150)[1]
+    return jax.lax.scan(body, (p, opt.init(p)), None, length=60)[1]
 
   hist = np.asarray(train(params))
-  assert hist[0] > 1.5 and hist[-1] < 0.15, hist[::25]  # log(6) = 1.79 nats at init
+  assert hist[0] > 1.5, hist[::10]  # log(6) = 1.79 nats at init
+  # The floor is log(2) / T = 0.077 nats (the first token is 1 or 5, a coin flip); seeds 0-2 reach
+  # it within 0.002 by step 30, so the mean of the last 10 of 60 steps has a >10x margin.
+  tail = float(np.mean(hist[-10:]))
+  record_property("nll_mean_last10", f"{tail:.4g} < {np.log(2) / T:.4g} + 0.03")
+  assert tail < np.log(2) / T + 0.03, hist[::10]
 
 
 def test_char_and_word_tokenizers_round_trip():

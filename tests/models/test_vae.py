@@ -12,9 +12,12 @@ from gdl_jax.models.vae import VAE, AutoEncoder, Decoder, Encoder, binarize
 from gdl_jax.objectives import vae as O
 
 
-def _digits(n=8):
+def _digits(n=8, seed=0):
+  """n sklearn digits [n, 8, 8, 1], levels 0..16: the first n for seed 0, else n drawn by the seed."""
   from sklearn.datasets import load_digits
-  return jnp.asarray(load_digits().images[:n].astype(np.int32)[..., None])  # [n, 8, 8, 1] levels 0..16
+  images = load_digits().images.astype(np.int32)[..., None]
+  idx = np.arange(n) if seed == 0 else np.random.default_rng(seed).choice(len(images), n, replace=False)
+  return jnp.asarray(images[idx])
 
 
 def _rbg(seed):
@@ -109,14 +112,14 @@ def test_binarize_threshold():
   np.testing.assert_array_equal(binarize(jnp.array([0, 127, 128, 255]), 256), [0, 0, 1, 1])
 
 
-def _overfit(model, loss_fn, params, steps=200, lr=3e-3):
+def _overfit(model, loss_fn, params, key, steps=200, lr=3e-3):
   opt = optax.adam(lr)
 
   @jax.jit
   def train(params):
     def body(carry, i):
       params, opt_state = carry
-      loss, g = jax.value_and_grad(loss_fn)(params, jax.random.fold_in(jax.random.key(0), i))
+      loss, g = jax.value_and_grad(loss_fn)(params, jax.random.fold_in(key, i))
       updates, opt_state = opt.update(g, opt_state)
       return (optax.apply_updates(params, updates), opt_state), loss
     _, losses = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(steps))
@@ -125,23 +128,32 @@ def _overfit(model, loss_fn, params, steps=200, lr=3e-3):
   return np.asarray(train(params))
 
 
-def test_vae_overfits_one_batch():
+def _falls(losses, record_property):
+  """The mean of the last 10 losses is below 0.6 x the mean of the first 5 (nats/dim). Seeds 0-2
+  reach ~0.43 (VAE) and ~0.36-0.41 (AE): "halves" left a margin of a few hundredths."""
+  assert np.all(np.isfinite(losses))
+  head, tail = float(losses[:5].mean()), float(losses[-10:].mean())
+  record_property("loss_mean_last10", f"{tail:.4g} < 0.6 * {head:.4g} = {0.6 * head:.4g}")
+  assert tail < 0.6 * head, (losses[:5], losses[-10:])
+
+
+def test_vae_overfits_one_batch(test_seed, record_property):
   model = VAE((8, 8, 1), 17, latent_dim=4, features=(8, 16), hidden=32)
-  image = _digits(8)
-  params = jax.jit(model.init)(_rbg(0), image, jax.random.key(0))["params"]
-  losses = _overfit(model, lambda p, k: O.vae_loss(model, p, image, k)[0], params)
-  assert np.all(np.isfinite(losses))
-  # nats/dim: starts near 2.2, reaches ~0.9 (VAE) / ~0.7 (AE) after 200 steps; must halve.
-  assert losses[-5:].mean() < 0.5 * losses[:5].mean(), (losses[:5], losses[-5:])
+  image = _digits(8, test_seed)
+  params = jax.jit(model.init)(_rbg(test_seed), image, jax.random.key(0))["params"]
+  losses = _overfit(model, lambda p, k: O.vae_loss(model, p, image, k)[0], params,
+                    jax.random.key(test_seed))
+  # nats/dim: starts near 2.2, reaches ~0.93 (VAE) / ~0.8-0.9 (AE) after 200 steps
+  _falls(losses, record_property)
 
 
-def test_autoencoder_overfits_one_batch():
+def test_autoencoder_overfits_one_batch(test_seed, record_property):
   model = AutoEncoder((8, 8, 1), 17, latent_dim=2, features=(8, 16), hidden=32)
-  image = _digits(8)
-  params = jax.jit(model.init)(_rbg(0), image)["params"]
-  losses = _overfit(model, lambda p, k: O.autoencoder_loss(model, p, image, k)[0], params)
-  assert np.all(np.isfinite(losses))
-  assert losses[-5:].mean() < 0.5 * losses[:5].mean(), (losses[:5], losses[-5:])
+  image = _digits(8, test_seed)
+  params = jax.jit(model.init)(_rbg(test_seed), image)["params"]
+  losses = _overfit(model, lambda p, k: O.autoencoder_loss(model, p, image, k)[0], params,
+                    jax.random.key(test_seed))
+  _falls(losses, record_property)
 
 
 @pytest.mark.slow

@@ -150,16 +150,19 @@ def test_ddim_inversion_round_trip_with_the_exact_denoiser():
   assert errs[0] < 0.1 and errs[1] < 1e-3, errs  # plain DDIM inversion: first-order error only
 
 
-def _tiny_trained_model(prediction, steps=300):
-  """A tiny U-Net trained for a few hundred steps on 8 digits (the sklearn 8x8 digits, 0..16)."""
+def _tiny_trained_model(prediction, seed, steps=300):
+  """A tiny U-Net trained for a few hundred steps on 8 digits (the sklearn 8x8 digits, 0..16; the
+  first 8 for seed 0, else 8 drawn by the seed)."""
   from sklearn.datasets import load_digits
-  images = load_digits().images[:8].astype(np.float32)[..., None] / 8.0 - 1.0  # [8, 8, 8, 1]
+  images = load_digits().images.astype(np.float32)[..., None] / 8.0 - 1.0  # [1797, 8, 8, 1]
+  idx = np.arange(8) if seed == 0 else np.random.default_rng(seed).choice(len(images), 8, replace=False)
+  images = images[idx]
   model = DiffusionModel(UNet(out_channels=1, base_channels=8, channel_mults=(1,),
                               num_res_blocks=1, attention_levels=()),
                          D.Diffusion(D.NoiseSchedule("cosine"), 100, prediction))
   ab = model.diffusion.alpha_bars()
   # an rbg key: the initialisers compile ~3x faster on CPU than with threefry
-  params = jax.jit(model.init)(jax.random.key(0, impl="rbg"), images, jnp.zeros((8,)))["params"]
+  params = jax.jit(model.init)(jax.random.key(seed, impl="rbg"), images, jnp.zeros((8,)))["params"]
   opt = optax.adam(3e-3)
 
   def loss_fn(p, extra, batch, key):
@@ -171,16 +174,19 @@ def _tiny_trained_model(prediction, steps=300):
   state = TrainState.create(params, opt)
   losses = []
   for _ in range(steps):
-    state, metrics = step(state, jnp.asarray(images), jax.random.key(1))
+    state, metrics = step(state, jnp.asarray(images), jax.random.key(seed + 1))
     losses.append(float(metrics["loss"]))
   return model, state.params, jnp.asarray(images), losses
 
 
-def test_ddim_inversion_round_trip_on_a_tiny_trained_model():
+def test_ddim_inversion_round_trip_on_a_tiny_trained_model(test_seed, record_property):
   """x0 -> DDIM inversion -> DDIM (eta=0) sampling returns x0: to 0.15 with plain inversion
   (first-order error), to 0.01 with the fixed-point refinement; another image's latent does not."""
-  model, params, x0, losses = _tiny_trained_model("v")
-  assert np.mean(losses[-50:]) < 0.6 * np.mean(losses[:20])  # it learned something
+  model, params, x0, losses = _tiny_trained_model("v", test_seed)
+  head, tail = float(np.mean(losses[:20])), float(np.mean(losses[-50:]))
+  # it learned something: the ratio is ~0.53 for seeds 0-2 (a property of this recipe, not noise)
+  record_property("loss_mean_last50", f"{tail:.4g} < 0.7 * {head:.4g} = {0.7 * head:.4g}")
+  assert tail < 0.7 * head, (losses[:20], losses[-50:])
   ab = model.diffusion.alpha_bars()
   predict = model.predictor()
   sample = lambda x_T: S.ddim_sample(predict, params, jax.random.key(0), ab, shape=x0.shape,
@@ -190,6 +196,9 @@ def test_ddim_inversion_round_trip_on_a_tiny_trained_model():
     x_T = S.ddim_invert(predict, params, x0, ab, steps=50, prediction="v",
                         fixed_point_iters=jnp.int32(iters))
     errs.append(float(jnp.max(jnp.abs(sample(x_T) - x0))))
+  record_property("inversion_errs", f"{errs[0]:.3g} < 0.15, {errs[1]:.3g} < 0.01")
   assert errs[0] < 0.15 and errs[1] < 0.01, errs
   other = sample(jnp.roll(x_T, 1, axis=0))  # a different latent decodes to a different image
-  assert float(jnp.mean(jnp.abs(other - x0))) > 0.2
+  far = float(jnp.mean(jnp.abs(other - x0)))
+  record_property("other_latent_dist", f"{far:.3g} > 0.2")
+  assert far > 0.2, far
