@@ -53,11 +53,15 @@ from gdl_jax.train.task import Task
 DISPATCH = ("switch", "host")
 
 
+# The smallest 4 * 2^k size holding each dataset's images (others: 32, override model.resolution).
+RESOLUTIONS = {"digits": 8, "fashion_mnist": 32, "photo_crops": 32, "lfw_subset": 32}
+
+
 def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_collections.ConfigDict:
   c = base_config(dataset, steps=14000, batch_size=64, lr=1e-3, b1=0.0, b2=0.99)
   c.model = ml_collections.ConfigDict(dict(
       latent_dim=128,
-      gen_features=(128, 128, 64, 32),   # channels at 4, 8, 16, 32
+      gen_features=(128, 128, 64, 32),   # channels at 4, 8, 16, 32 (one per resolution)
       disc_features=(128, 128, 64, 32),
       resolution=32,                      # images are padded to this (4 * 2^k) size
       pad_level=0,                        # the level padding is filled with (the background)
@@ -77,6 +81,12 @@ def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_c
     c.model.update(latent_dim=8, gen_features=(8, 8, 4, 4), disc_features=(4, 4, 8, 8), phase_steps=1)
   elif variant != "default":
     raise ValueError(f"unknown variant {variant!r}; use 'default', 'small' or 'tiny' (datasets: --dataset).")
+  res = RESOLUTIONS.get(dataset, 32)
+  n = pg.num_phases(res)
+  c.model.resolution = res
+  c.model.gen_features = tuple(c.model.gen_features)[:n]
+  c.model.disc_features = tuple(c.model.disc_features)[:n]
+  c.steps = c.steps * (2 * n - 1) // 7 if variant == "tiny" else c.steps
   c.sample_every = max(c.steps // 14, 1)
   c.ckpt_every = phase_steps(c)   # a checkpoint at every fade / stabilise end (phase ends: odd ones)
   c.keep_checkpoints = 7
