@@ -236,23 +236,31 @@ def _train(config, ds, steps_at=None):
 
 
 @pytest.mark.parametrize("seed", [0])
-def test_learns_the_mean_image_of_real_digits(digits, seed):
-  """120 steps at 4x4 (phase 0 only) on the digits: the EMA-free generator's mean 4x4 image moves
-  to the data's (from far off at init), and the critic's Wasserstein estimate is positive."""
+def test_learns_the_pixel_statistics_of_real_digits(digits, seed):
+  """300 steps at 4x4 (phase 0 only) on the digits: the generator's per-pixel mean and standard
+  deviation over 512 samples move to the data's (4x4 pooled). Measured over seeds 0, 1, 2: mean
+  error 1.32 / 0.53 / 0.79 at init -> 0.10 / 0.10 / 0.16; std error 0.53-0.55 -> 0.19-0.22."""
   from experiments import progan
   from gdl_jax.data.info import to_signed
   c = progan.get_config("tiny", "digits")
-  c.seed, c.steps, c.batch_size = seed, 120, 32
+  c.seed, c.steps, c.batch_size = seed, 300, 32
   c.model.update(phase_steps=10_000, dispatch="host", ema_decay=0.0, latent_dim=8,
                  gen_features=(16, 8), disc_features=(16, 8))
-  parts0 = progan.build_parts(c, digits.info)
-  real = parts0.reals_at(to_signed(jnp.asarray(digits.train["image"][:512]), 17), 0, 1.0)  # [512, 4, 4, 1]
+  real = progan.build_parts(c, digits.info).reals_at(
+      to_signed(jnp.asarray(digits.train["image"][:512]), 17), 0, 1.0)               # [512, 4, 4, 1]
   z = jax.random.normal(jax.random.key(9), (512, 8))
-  state0 = jax.jit(parts0.task.init)(jax.random.key(seed), _digits_batch(digits, 32))
-  far = float(jnp.abs(pg.downsample(parts0.generate_at(state0, z, 0), 2).mean(0) - real.mean(0)).mean())
+
+  def errors(parts, state):
+    fake = pg.downsample(parts.generate_at(state, z, 0), 2)                         # [512, 4, 4, 1]
+    return (float(jnp.abs(fake.mean(0) - real.mean(0)).mean()),
+            float(jnp.abs(fake.std(0) - real.std(0)).mean()))
+
+  parts0 = progan.build_parts(c, digits.info)
+  mean0, std0 = errors(parts0, jax.jit(parts0.task.init)(jax.random.key(seed), _digits_batch(digits, 32)))
   parts, state, ms = _train(c, digits)
-  near = float(jnp.abs(pg.downsample(parts.generate_at(state, z, 0), 2).mean(0) - real.mean(0)).mean())
-  assert near < 0.5 * far and near < 0.15, (far, near)
+  mean1, std1 = errors(parts, state)
+  assert mean1 < 0.25 and mean1 < 0.5 * mean0, (mean0, mean1)
+  assert std1 < 0.6 * std0, (std0, std1)
   assert np.mean([m["wasserstein"] for m in ms[-20:]]) > 0
 
 
