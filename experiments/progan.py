@@ -17,10 +17,17 @@ Growing inside one jitted, pure step(state, batch, key):
   - the real images are padded to model.resolution (below), average-pooled to the phase's
     resolution and, during a fade, blended with their 2x-down-then-up version by the same alpha (as
     the paper does, so real and fake go through the same fade);
-  - the shapes differ per phase, so there is one GAN step per phase; model.dispatch="switch" puts
-    them in one program under `lax.switch(phase(state.step), ...)` (compiled once, all phases);
-    "host" reads state.step on the host and calls that phase's own jitted step (each compiled when
-    first reached). Both are pure functions of (state, batch, key) and give the same numbers.
+  - the shapes differ per phase, so there is one GAN step per phase. model.dispatch="host" (the
+    default) reads state.step on the host and calls that phase's own jitted, donating step (each
+    compiled when first reached); "switch" puts all of them in one program under
+    `lax.switch(phase(state.step), ...)`. Both are pure functions of (state, batch, key) and give
+    the same numbers (tests/models/test_progan.py). Measured (`small`, Fashion-MNIST, batch 64,
+    a 32x32 step; process CPU seconds, the shared 2-core machine at load ~20): compile 18 s for the
+    32x32 step alone vs 81 s for the switch over all four; a 32x32 step 1.1 s host vs > 2 min wall
+    (not finished) under the switch; on `tiny` the switch compiled in 27 s vs 41 s for the four
+    host steps but its 32x32 step ran 1.9x slower. XLA:CPU runs the convolutions inside a
+    conditional far slower (as gan_step.py notes for while loops), so "host" is the default; the
+    cost is one device-to-host read of the step counter per step.
 Padding: Fashion-MNIST is 28x28 and ProGAN needs 4 * 2^k; with model.resolution=32 the images are
 padded by (32 - 28) / 2 = 2 px on every side with model.pad_level (0: the black background) inside
 the step, and samples are cropped back to 28x28, so the harness compares like with like.
@@ -66,7 +73,7 @@ def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_c
       resolution=32,                      # images are padded to this (4 * 2^k) size
       pad_level=0,                        # the level padding is filled with (the background)
       phase_steps=0,                      # steps per fade and per stabilise; 0: ceil(steps / 7)
-      dispatch="switch",                  # "switch" (one program) or "host" (one per phase)
+      dispatch="host",                    # "host" (one jitted step per phase) or "switch"
       mbstd_group=4,
       gp_weight=10.0,
       drift_weight=1e-3,

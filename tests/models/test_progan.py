@@ -279,3 +279,18 @@ def test_cli_tiny_train_sample_evaluate(tmp_path):
   assert cli.main(["evaluate", wd, "--no_features", "--num_samples", "16"]) == 0
   metrics = json.load(open(os.path.join(wd, "metrics.json")))
   assert "novelty_ratio" in metrics
+
+
+def test_host_and_switch_dispatch_give_the_same_steps(digits):
+  """Three steps through 4x4 -> fade -> 8x8 with either dispatch: the same parameters."""
+  from experiments import progan
+  states = []
+  for dispatch in ("host", "switch"):
+    c = progan.get_config("tiny", "digits")
+    c.model.dispatch = dispatch
+    parts, state, ms = _train(c, digits)
+    states.append(state)
+    assert [float(m["wasserstein"]) for m in ms] != [0.0] * 3
+  assert int(states[0].step) == int(states[1].step) == 3
+  for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
