@@ -95,15 +95,14 @@ def minibatch_stddev(x: Array, group_size: int = 4, eps: float = 1e-8) -> Array:
   """[B, H, W, C] -> [B, H, W, C + 1]: the appended map holds, for each example, the mean over
   (H, W, C) of the standard deviation sqrt(var + eps) over its group of the batch.
 
-  As in the paper's code, the batch is cut into G = min(group_size, B) interleaved groups' worth of
-  members: example i is in group i mod (B / G); group_size=0 uses the whole batch as one group.
+  As in the paper's code, groups of G members are interleaved: example i is in group i mod (B / G),
+  with G = min(group_size, B), lowered to the largest divisor of B below it when B is not a
+  multiple (e.g. a last, smaller eval batch of 39: G = 3); group_size=0 uses the whole batch.
   """
   b = x.shape[0]
   g = b if group_size <= 0 else min(group_size, b)
-  if b % g:
-    raise ValueError(f"minibatch stddev: batch size {b} is not divisible by the group size {g}; "
-                     f"use a batch size that is a multiple of {g} (or model.mbstd_group=0 for the "
-                     "whole batch).")
+  while b % g:
+    g -= 1
   y = x.reshape((g, b // g) + x.shape[1:]).astype(jnp.float32)                     # [G, M, H, W, C]
   var = jnp.mean(jnp.square(y - y.mean(axis=0)), axis=0)                             # [M, H, W, C]
   s = jnp.mean(jnp.sqrt(var + eps), axis=(1, 2, 3))                                  # [M]
