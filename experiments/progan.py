@@ -36,6 +36,13 @@ when training stopped before the last phase). Artifacts: samples.png, progress/ 
 (the loop; the grid grows 4 -> 32 over training), resolutions.png (write_artifacts: one row per
 resolution 4, 8, 16, 32 of the final generator's per-resolution toRGB outputs for the same latents,
 each upsampled to 32x32 for display; the lower rows are the heads as last trained in their phase).
+
+Measured (digits, 8x8 = two phases, `--variant small --steps 300 --config.model.phase_steps=100
+--config.ckpt_every=100`, 45 s for the last 100 steps on 2 shared cores at load ~5; the first 200
+ran at load ~20): classifier Fréchet distance 31.7 at the end of the 4x4 phase (upsampled), 27.0
+at the end of 8x8, novelty 1.87, no copies (benchmarks/progan_phases.py, 359 samples vs 359 test
+images) - a short run, far from the WGAN-GP's 14.3 after 1000 steps. Fashion-MNIST (`small`, 2800
+steps) is not measured yet: its classifier for the FD was not trained on this machine.
 """
 
 from __future__ import annotations
