@@ -48,6 +48,12 @@ def wasserstein_gen_loss(fake_scores: jax.Array) -> jax.Array:
   return -fake_scores.mean()
 
 
+def drift_penalty(real_scores: jax.Array) -> jax.Array:
+  """ProGAN's drift term mean(D(x_real)^2) (Karras et al. 2018, weight epsilon_drift = 1e-3): keeps
+  the Wasserstein critic's scores from drifting far from 0."""
+  return jnp.mean(jnp.square(real_scores))
+
+
 def auxiliary_class_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """AC-GAN's class term: mean cross-entropy of class logits [B, K] against integer labels [B]."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()

@@ -27,13 +27,18 @@ Regularisers of the critic (on the critic's own examples, so BatchNorm critics a
              (a lax.cond), so lazy R1 costs about 1 / reg_every of its double backward pass.
 Generator randomness (gen_rngs): the names of Linen rng streams the generator draws from in
 training (StyleGAN2: ("noise", "mixing")); each gets a fresh key per generator call.
+Growing networks (ProGAN; step_kwargs / x_transform): the step passes step_kwargs(state.step)
+(e.g. {"alpha": fade-in weight}) as extra keyword arguments to every apply of both players, and
+feeds the critic x_transform(x, state.step) instead of the real images x (e.g. average-pooled to
+the current resolution); both default to nothing. drift_weight > 0 adds Karras et al.'s drift term
+drift_weight * mean(D(x_real)^2) to the critic's loss (keeps WGAN critic scores near 0).
 Batch-norm statistics: the critic's running stats are updated by its own updates only (real and
 fake halves pass separately, as in DCGAN); the generator's by the generator update only.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -82,8 +87,11 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
                   gp_weight: float = 0.0, clip_value: float = 0.0, label_noise: float = 0.0,
                   aux_weight: float = 0.0, aux_gen_weight: float = 0.0,
                   r1_weight: float = 0.0, reg_every: int = 1, gen_rngs: tuple[str, ...] = (),
-                  ema_decay: Optional[float] = None, levels: Optional[int] = None,
-                  x_key: str = "image", jit: bool = True):
+                  drift_weight: float = 0.0, ema_decay: Optional[float] = None,
+                  levels: Optional[int] = None, x_key: str = "image",
+                  step_kwargs: Optional[Callable[[jax.Array], dict]] = None,
+                  x_transform: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+                  jit: bool = True):
   """Returns `step(state, batch, key) -> (state, metrics)`, jitted with the state donated.
 
   loss: "nsgan" (non-saturating BCE on logits, DCGAN) or "wgan" (Wasserstein critic); add
@@ -94,7 +102,8 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
   Metrics (scalars): loss (= d_loss, the loop's generic column), d_loss, g_loss, d_real, d_fake
   (mean D outputs), wasserstein (d_real - d_fake), gp and grad_norm (with gp_weight), r1 and
   r1_grad_norm (with r1_weight; 0 on updates the lazy schedule skips, where reg_applied = 0),
-  aux_real / aux_fake and aux_acc_real / aux_acc_fake (the class head's cross-entropy and accuracy), l2 norms of
+  drift (mean D(x_real)^2, with drift_weight), aux_real /
+  aux_fake and aux_acc_real / aux_acc_fake (the class head's cross-entropy and accuracy), l2 norms of
   gradients / params / generator updates; critic metrics are means over the n_critic updates.
   """
   if loss not in LOSSES:
@@ -108,8 +117,8 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
   if (gp_weight or r1_weight) and getattr(discriminator, "norm", "none") == "batch":
     raise ValueError("the gradient penalty needs a critic that treats examples independently; "
                      "use the discriminator with norm='layer' or norm='none', not 'batch'.")
-  if clip_value < 0 or gp_weight < 0 or r1_weight < 0:
-    raise ValueError("clip_value, gp_weight and r1_weight must be >= 0.")
+  if clip_value < 0 or gp_weight < 0 or r1_weight < 0 or drift_weight < 0:
+    raise ValueError("clip_value, gp_weight, r1_weight and drift_weight must be >= 0.")
   conditional = getattr(generator, "num_classes", 0) > 0
   if aux_weight < 0 or aux_gen_weight < 0:
     raise ValueError("aux_weight and aux_gen_weight must be >= 0.")
@@ -119,23 +128,25 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
                      "critic with the class head (Discriminator(num_classes=0, aux_classes=num_classes)).")
   aux_kw = {"with_aux": True} if use_aux else {}                  # MLP critics take no with_aux
 
-  def prepare(batch):
+  def prepare(batch, step_count):
     if x_key not in batch:
       raise ValueError(f"batch has no {x_key!r}; keys are {sorted(batch)}.")
     x = batch[x_key]
     x = to_signed(x, levels) if levels is not None else x.astype(jnp.float32)
+    if x_transform is not None:
+      x = x_transform(x, step_count)
     labels = batch["label"] if conditional else None
     return x, labels
 
-  def generate(gparams, gstats, n, labels, key, train):
+  def generate(gparams, gstats, n, labels, key, train, kw):
     z = jax.random.normal(key, (n, latent_dim))                                      # [B, Z]
     rngs = {name: jax.random.fold_in(key, i + 1) for i, name in enumerate(gen_rngs)} or None
-    return apply_player(generator, gparams, gstats, z, labels, train=train, rngs=rngs)
+    return apply_player(generator, gparams, gstats, z, labels, train=train, rngs=rngs, **kw)
 
-  def penalties(dparams, x, fake, labels, k_gp, k_d3):
+  def penalties(dparams, x, fake, labels, k_gp, k_d3, kw):
     """reg_every * (gp_weight * gp + r1_weight / 2 * r1) and its metrics (no reg_every factor)."""
     critic = lambda v: discriminator.apply({"params": dparams}, v, labels, train=True,
-                                           rngs={"dropout": k_d3})
+                                           rngs={"dropout": k_d3}, **kw)
     value, metrics = jnp.zeros(()), {}
     if gp_weight:
       x_hat = losses.random_interpolates(x, fake, k_gp)
@@ -148,14 +159,14 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
       metrics.update(r1=r1, r1_grad_norm=norms.mean())
     return reg_every * value, metrics
 
-  def disc_loss(dparams, dstats, gparams, gstats, x, labels, key, regularise):
+  def disc_loss(dparams, dstats, gparams, gstats, x, labels, key, regularise, kw):
     k_z, k_d1, k_d2, k_noise, k_gp, k_d3 = jax.random.split(key, 6)
-    fake, _ = generate(gparams, gstats, x.shape[0], labels, k_z, True)               # G stats: unchanged
+    fake, _ = generate(gparams, gstats, x.shape[0], labels, k_z, True, kw)           # G stats: unchanged
     fake = jax.lax.stop_gradient(fake)
     real_out, dstats = apply_player(discriminator, dparams, dstats, x, labels, train=True,
-                                    rngs={"dropout": k_d1}, **aux_kw)
+                                    rngs={"dropout": k_d1}, **aux_kw, **kw)
     fake_out, dstats = apply_player(discriminator, dparams, dstats, fake, labels, train=True,
-                                    rngs={"dropout": k_d2})
+                                    rngs={"dropout": k_d2}, **kw)
     if use_aux:
       real_out, real_logits = real_out
     if loss == "nsgan":
@@ -164,12 +175,16 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
       value = losses.wasserstein_critic_loss(real_out, fake_out)
     metrics = {"d_loss": value, "d_real": real_out.mean(), "d_fake": fake_out.mean(),
                "wasserstein": real_out.mean() - fake_out.mean()}
+    if drift_weight:
+      drift = losses.drift_penalty(real_out)
+      value = value + drift_weight * drift
+      metrics["drift"] = drift
     if use_aux:
       aux = losses.auxiliary_class_loss(real_logits, labels)
       value = value + aux_weight * aux
       metrics.update(aux_real=aux, aux_acc_real=jnp.mean(jnp.argmax(real_logits, -1) == labels))
     if gp_weight or r1_weight:
-      reg = lambda: penalties(dparams, x, fake, labels, k_gp, k_d3)
+      reg = lambda: penalties(dparams, x, fake, labels, k_gp, k_d3, kw)
       if reg_every == 1:
         reg_value, reg_metrics = reg()
       else:  # lazy: computed only on the scheduled updates (zeros of the same structure otherwise)
@@ -180,11 +195,11 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
       metrics.update(reg_metrics)
     return value, (dstats, metrics)
 
-  def gen_loss(gparams, gstats, dparams, dstats, n, labels, key):
+  def gen_loss(gparams, gstats, dparams, dstats, n, labels, key, kw):
     k_z, k_d = jax.random.split(key)
-    fake, gstats = generate(gparams, gstats, n, labels, k_z, True)
+    fake, gstats = generate(gparams, gstats, n, labels, k_z, True, kw)
     fake_out, _ = apply_player(discriminator, dparams, dstats, fake, labels, train=True,
-                               rngs={"dropout": k_d}, **aux_kw)              # D stats: unchanged
+                               rngs={"dropout": k_d}, **aux_kw, **kw)        # D stats: unchanged
     if use_aux:
       fake_out, fake_logits = fake_out
     value = losses.nonsaturating_gen_loss(fake_out) if loss == "nsgan" else losses.wasserstein_gen_loss(fake_out)
@@ -198,7 +213,8 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
   def step(state: TrainState, batch, key):
     key = jax.random.fold_in(key, state.step)
     k_critic, k_gen = jax.random.split(key)
-    x, labels = prepare(batch)
+    kw = step_kwargs(state.step) if step_kwargs is not None else {}
+    x, labels = prepare(batch, state.step)
     b = x.shape[0]
     if critic_batches == "split":
       if b % n_critic:
@@ -211,7 +227,7 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
     def critic_update(carry, k, xi, li, regularise):
       dparams, dopt, dstats = carry
       (_, (dstats, metrics)), grads = jax.value_and_grad(disc_loss, has_aux=True)(
-          dparams, dstats, gparams, gstats, xi, li, k, regularise)
+          dparams, dstats, gparams, gstats, xi, li, k, regularise, kw)
       updates, dopt = disc_optimizer.update(grads, dopt, dparams)
       dparams = optax.apply_updates(dparams, updates)
       if clip_value:
@@ -237,7 +253,7 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
     n_gen = b // n_critic if critic_batches == "split" else b
     g_labels = None if labels is None else (ls[0] if critic_batches == "split" else labels)
     (_, (gstats, gmetrics)), ggrads = jax.value_and_grad(gen_loss, has_aux=True)(
-        gparams, gstats, dparams, dstats, n_gen, g_labels, k_gen)
+        gparams, gstats, dparams, dstats, n_gen, g_labels, k_gen, kw)
     gupdates, gopt = gen_optimizer.update(ggrads, state.opt_state["gen"], gparams)
     gparams = optax.apply_updates(gparams, gupdates)
 
