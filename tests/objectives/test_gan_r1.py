@@ -92,7 +92,7 @@ def test_r1_and_lazy_bad_input():
   opt = optax.sgd(0.01)
   with pytest.raises(ValueError, match="reg_every must be >= 1"):
     make_gan_step(gen, disc, opt, opt, latent_dim=4, r1_weight=1.0, reg_every=0)
-  with pytest.raises(ValueError, match="r1_weight must be >= 0"):
+  with pytest.raises(ValueError, match="r1_weight and drift_weight must be >= 0"):
     make_gan_step(gen, disc, opt, opt, latent_dim=4, r1_weight=-1.0)
   with pytest.raises(ValueError, match="independently"):
     make_gan_step(gen, Discriminator((8,), norm="batch"), opt, opt, latent_dim=4, r1_weight=1.0)
