@@ -162,16 +162,27 @@ def cmd_experiments(args) -> int:
 
 
 def _run_context(workdir: str):
-  """(module, name, config, dataset) of an existing run directory."""
+  """(module, name, config, dataset) of an existing run directory.
+
+  A run killed before its config.json (run.json alone), or one left by older versions without
+  run.json and without checkpoints, is reported as having no checkpoint yet.
+  """
   from gdl_jax import data
-  for f in ("config.json", "run.json"):
-    if not os.path.exists(os.path.join(workdir, f)):
-      raise UsageError(f"{workdir!r} is not a gdl-jax run directory (no {f}); pass the --workdir "
-                       "of a `gdl-jax train` run.")
-  with open(os.path.join(workdir, "run.json")) as f:
-    run = json.load(f)
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  from gdl_jax.train import loop
+  from gdl_jax.train.checkpoint import CheckpointError, saved_steps
+  run = loop.read_json(os.path.join(workdir, "run.json"))
+  cfg = loop.read_json(os.path.join(workdir, "config.json"))
+  if (run is None) != (cfg is None) and not saved_steps(os.path.join(workdir, "checkpoints")):
+    raise CheckpointError(f"no checkpoint in {workdir} yet (its training stopped before the first "
+                          f"one); re-run `gdl-jax train` with --workdir {workdir} to train it.")
+  for f, content in (("config.json", cfg), ("run.json", run)):
+    if not isinstance(content, dict):
+      raise UsageError(f"{workdir!r} is not a gdl-jax run directory (no readable {f}); pass the "
+                       "--workdir of a `gdl-jax train` run.")
+  if "experiment" not in run:
+    raise UsageError(f"{workdir}/run.json names no experiment (the run was not started by "
+                     "`gdl-jax train`); pass the --workdir of a `gdl-jax train` run.")
+  config = ml_collections.ConfigDict(cfg)
   module = load_experiment(run["experiment"])
   dataset = data.load(config.dataset, run.get("data_dir"))
   return module, run["experiment"], config, dataset
@@ -207,18 +218,14 @@ def cmd_train(args, overrides) -> int:
   dataset = data.load(config.dataset, args.data_dir)
   workdir = args.workdir or os.path.join("runs", f"{name}" + (f"_{config.dataset}" if not name.endswith(config.dataset) else ""))
   task = module.build(config, dataset.info)
-  loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
-  if args.data_dir:
-    with open(os.path.join(workdir, "run.json")) as f:
-      run = json.load(f)
-    run["data_dir"] = os.path.abspath(args.data_dir)
-    with open(os.path.join(workdir, "run.json"), "w") as f:
-      json.dump(run, f)
+  loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet,
+           run_info={"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else None)
   print(f"run written to {workdir}: config.json, metrics.jsonl, checkpoints/" +
         (", samples.png" if task.sample is not None else ""))
   if args.evaluate:
     return cmd_evaluate(argparse.Namespace(run=workdir, num_samples=None, seed=0, no_features=False,
-                                           no_log_prob=False, no_samples=False, tag=None))
+                                           no_log_prob=False, no_samples=False, tag=None,
+                                           step=None))
   return 0
 
 
@@ -258,7 +265,7 @@ def _evaluation_tag(args, overrides) -> str:
 def cmd_evaluate(args, overrides=()) -> int:
   from gdl_jax.evaluation import harness
   from gdl_jax.evaluation.tasks import evaluate_task
-  from gdl_jax.train import loop
+  from gdl_jax.train import loop, rundir
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
   _fill_added_keys(config, module)
@@ -267,7 +274,7 @@ def cmd_evaluate(args, overrides=()) -> int:
   tag = _evaluation_tag(args, list(overrides))
   apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit
   task = module.build(config, dataset.info)
-  state, keys = loop.latest_state(task, config, dataset, args.run)
+  state, keys = loop.latest_state(task, config, dataset, args.run, step=args.step)
   if args.seed:  # another draw of the samples (and of any stochastic bound)
     import jax
     keys = {k: jax.random.fold_in(v, args.seed) for k, v in keys.items()}
@@ -277,11 +284,11 @@ def cmd_evaluate(args, overrides=()) -> int:
   metrics = {"experiment": name, "dataset": config.dataset, "step": int(state.step),
              **({"overrides": list(overrides)} if overrides else {}), **metrics}
   suffix = f"_{tag}" if tag else ""
-  with open(os.path.join(args.run, f"metrics{suffix}.json"), "w") as f:
-    json.dump(metrics, f, indent=2)
+  fix = "copy the run directory to a writable disk and evaluate it there."
+  rundir.atomic_write(os.path.join(args.run, f"metrics{suffix}.json"), json.dumps(metrics, indent=2),
+                      fix=fix)
   row = harness.markdown_table([(name + (f" [{tag}]" if tag else ""), metrics)])
-  with open(os.path.join(args.run, f"metrics{suffix}.md"), "w") as f:
-    f.write(row + "\n")
+  rundir.atomic_write(os.path.join(args.run, f"metrics{suffix}.md"), row + "\n", fix=fix)
   print(row)
   return 0
 
@@ -290,21 +297,28 @@ def cmd_sample(args) -> int:
   import jax
   import numpy as np
   from gdl_jax.evaluation.grids import save_grid
-  from gdl_jax.train import loop
+  from gdl_jax.train import loop, rundir
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
   task = module.build(config, dataset.info)
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
-  state, _ = loop.latest_state(task, config, dataset, args.run)
+  state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)
   samples = np.asarray(task.sample(state, jax.random.key(args.seed), args.num))
   out = args.out or os.path.join(args.run, f"samples_seed{args.seed}.png")
   if os.path.exists(out) and not args.force:
     raise UsageError(f"{out} exists; pass --force to overwrite it or --out another path.")
-  if dataset.info.kind == "image":
-    save_grid(samples, out, levels=dataset.info.levels)
-  else:
-    np.save(out if out.endswith(".npy") else out + ".npy", samples)
+  try:
+    if dataset.info.kind == "image":
+      save_grid(samples, out, levels=dataset.info.levels)
+    else:
+      np.save(out if out.endswith(".npy") else out + ".npy", samples)
+  except OSError as e:
+    err = rundir.write_error(e, os.path.dirname(os.path.abspath(out)),
+                             fix="pass --out with a path on a writable disk.")
+    if err is e:
+      raise
+    raise err from None
   print(f"wrote {out}")
   return 0
 
@@ -337,12 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
                       "784 sequential network passes per image")
   e.add_argument("--tag", default=None,
                  help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
+  e.add_argument("--step", type=int, default=None,
+                 help="evaluate the checkpoint of this step (default: the latest)")
   s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint")
   s.add_argument("run")
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--out", default=None)
   s.add_argument("--force", action="store_true")
+  s.add_argument("--step", type=int, default=None,
+                 help="sample the checkpoint of this step (default: the latest)")
   return p
 
 
