@@ -229,7 +229,8 @@ class _DiskErrorLogFilter(logging.Filter):
 @contextlib.contextmanager
 def quiet_disk_errors() -> Iterator[None]:
   """While the block runs, full-disk/read-only failures of orbax's and tensorboardX's background
-  threads are not printed as tracebacks (the caller reports them once, as a RunDirWriteError)."""
+  threads, and tensorstore's 'Event loop is closed' callbacks after a failed save, are not printed
+  as tracebacks (the caller reports the failure once, as a RunDirWriteError)."""
   filt = _DiskErrorLogFilter()
   loggers = [logging.getLogger("absl"), logging.getLogger()]
   for lg in loggers:
@@ -244,9 +245,17 @@ def quiet_disk_errors() -> Iterator[None]:
       old_hook(args)
 
   threading.excepthook = hook
+  old_unraisable = sys.unraisablehook
+
+  def unraisable_hook(u):  # tensorstore's callbacks into the event loop of a failed async save
+    if not _is_closed_loop_noise(u.exc_value):
+      old_unraisable(u)
+
+  sys.unraisablehook = unraisable_hook
   try:
     yield
   finally:
+    sys.unraisablehook = old_unraisable
     threading.excepthook = old_hook
     for lg in loggers:
       lg.removeFilter(filt)
