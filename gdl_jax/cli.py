@@ -295,23 +295,34 @@ def cmd_experiments(args) -> int:
 
 
 def _run_context(workdir: str):
-  """(module, name, config, dataset) of an existing run directory."""
+  """(module, name, config, dataset) of an existing run directory.
+
+  A run killed before its config.json (run.json alone), or one left by older versions without
+  run.json and without checkpoints, is reported as having no checkpoint yet.
+  """
   from gdl_jax import data
-  for f in ("config.json", "run.json"):
-    if not os.path.exists(os.path.join(workdir, f)):
-      raise UsageError(f"{workdir!r} is not a gdl-jax run directory (no {f}); pass the --workdir "
-                       "of a `gdl-jax train` run.")
+  from gdl_jax.train import loop
+  from gdl_jax.train.checkpoint import CheckpointError, saved_steps
+  run = loop.read_json(os.path.join(workdir, "run.json"))
+  cfg = loop.read_json(os.path.join(workdir, "config.json"))
+  if (run is None) != (cfg is None) and not saved_steps(os.path.join(workdir, "checkpoints")):
+    raise CheckpointError(f"no checkpoint in {workdir} yet (its training stopped before the first "
+                          f"one); re-run `gdl-jax train` with --workdir {workdir} to train it.")
+  for f, content in (("config.json", cfg), ("run.json", run)):
+    if not isinstance(content, dict):
+      raise UsageError(f"{workdir!r} is not a gdl-jax run directory (no readable {f}); pass the "
+                       "--workdir of a `gdl-jax train` run.")
+  if "experiment" not in run:
+    raise UsageError(f"{workdir}/run.json names no experiment (the run was not started by "
+                     "`gdl-jax train`); pass the --workdir of a `gdl-jax train` run.")
   try:
-    with open(os.path.join(workdir, "run.json")) as f:
-      run = json.load(f)
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(cfg)
     name = run["experiment"]
     dataset_name = config.dataset
-  except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise UsageError(f"{workdir!r} holds an unreadable config.json or run.json ({type(e).__name__}: "
                      f"{e}); pass the --workdir of a complete `gdl-jax train` run.") from e
-  if name not in experiment_names():
+  if not isinstance(name, str) or name not in experiment_names():
     raise UsageError(f"{workdir!r} is a run of experiment {name!r}, which this gdl-jax does not have; "
                      f"experiments are: {', '.join(experiment_names())}.")
   module = load_experiment(name)
@@ -419,13 +430,8 @@ def cmd_train(args, overrides) -> int:
           ("resume (if the config matches) " if os.path.exists(os.path.join(workdir, "config.json"))
            else "write ") + workdir)
     return 0
-  loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
-  if args.data_dir and sharding.is_writer():
-    with open(os.path.join(workdir, "run.json")) as f:
-      run = json.load(f)
-    run["data_dir"] = os.path.abspath(args.data_dir)
-    with open(os.path.join(workdir, "run.json"), "w") as f:
-      json.dump(run, f)
+  loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet,
+           run_info={"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else None)
   if args.distributed:
     import jax
     if jax.process_count() > 1:  # evaluation is single-process: run it afterwards on one host
@@ -438,7 +444,8 @@ def cmd_train(args, overrides) -> int:
         (", samples.png" if task.sample is not None else ""))
   if args.evaluate:
     return cmd_evaluate(argparse.Namespace(run=workdir, num_samples=None, seed=0, no_features=False,
-                                           no_log_prob=False, no_samples=False, no_vgg=False, vgg=False, tag=None))
+                                           no_log_prob=False, no_samples=False, no_vgg=False, vgg=False, tag=None,
+                                           step=None))
   return 0
 
 
@@ -478,9 +485,10 @@ def _evaluation_tag(args, overrides) -> str:
 def cmd_evaluate(args, overrides=()) -> int:
   from gdl_jax.evaluation import harness
   from gdl_jax.evaluation.tasks import evaluate_task
-  from gdl_jax.train import loop
+  from gdl_jax.train import loop, rundir
   _check_int_flag("--num_samples", args.num_samples, 1)
   _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
+  _check_int_flag("--step", args.step, 0)
   if getattr(args, "vgg", False) and (args.no_vgg or args.no_features):
     raise UsageError("--vgg asks for the VGG16 Fréchet distance that --no_vgg / --no_features skip; "
                      "give one of them.")
@@ -494,7 +502,7 @@ def cmd_evaluate(args, overrides=()) -> int:
   if overrides:
     check_run(module, name, config, dataset, defaults=get_config(module, "default", config.dataset))
   task = _build(module, config, dataset.info)
-  state, keys = loop.latest_state(task, config, dataset, args.run)
+  state, keys = loop.latest_state(task, config, dataset, args.run, step=args.step)
   if args.seed:  # another draw of the samples (and of any stochastic bound)
     import jax
     keys = {k: jax.random.fold_in(v, args.seed) for k, v in keys.items()}
@@ -505,11 +513,11 @@ def cmd_evaluate(args, overrides=()) -> int:
   metrics = {"experiment": name, "dataset": config.dataset, "step": int(state.step),
              **({"overrides": list(overrides)} if overrides else {}), **metrics}
   suffix = f"_{tag}" if tag else ""
-  with open(os.path.join(args.run, f"metrics{suffix}.json"), "w") as f:
-    json.dump(metrics, f, indent=2)
+  fix = "copy the run directory to a writable disk and evaluate it there."
+  rundir.atomic_write(os.path.join(args.run, f"metrics{suffix}.json"), json.dumps(metrics, indent=2),
+                      fix=fix)
   row = harness.markdown_table([(name + (f" [{tag}]" if tag else ""), metrics)])
-  with open(os.path.join(args.run, f"metrics{suffix}.md"), "w") as f:
-    f.write(row + "\n")
+  rundir.atomic_write(os.path.join(args.run, f"metrics{suffix}.md"), row + "\n", fix=fix)
   print(row)
   return 0
 
@@ -518,9 +526,10 @@ def cmd_sample(args, overrides=()) -> int:
   import jax
   import numpy as np
   from gdl_jax.evaluation.grids import save_grid
-  from gdl_jax.train import loop
+  from gdl_jax.train import loop, rundir
   _check_int_flag("--num", args.num, 1)
   _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
+  _check_int_flag("--step", args.step, 0)
   if args.out is not None:
     _check_new_path("--out", args.out, directory=False)
   module, name, config, dataset = _run_context(args.run)
@@ -533,15 +542,22 @@ def cmd_sample(args, overrides=()) -> int:
   task = _build(module, config, dataset.info)
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
-  state, _ = loop.latest_state(task, config, dataset, args.run)
+  state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)
   samples = np.asarray(task.sample(state, jax.random.key(args.seed), args.num))
   out = args.out or os.path.join(args.run, f"samples_seed{args.seed}.png")
   if os.path.exists(out) and not args.force:
     raise UsageError(f"{out} exists; pass --force to overwrite it or --out another path.")
-  if dataset.info.kind == "image":
-    save_grid(samples, out, levels=dataset.info.levels)
-  else:
-    np.save(out if out.endswith(".npy") else out + ".npy", samples)
+  try:
+    if dataset.info.kind == "image":
+      save_grid(samples, out, levels=dataset.info.levels)
+    else:
+      np.save(out if out.endswith(".npy") else out + ".npy", samples)
+  except OSError as e:
+    err = rundir.write_error(e, os.path.dirname(os.path.abspath(out)),
+                             fix="pass --out with a path on a writable disk.")
+    if err is e:
+      raise
+    raise err from None
   print(f"wrote {out}")
   return 0
 
@@ -589,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "784 sequential network passes per image")
   e.add_argument("--tag", default=None,
                  help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
+  e.add_argument("--step", type=int, default=None,
+                 help="evaluate the checkpoint of this step (default: the latest)")
   s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint; "
                      "--config.KEY=VALUE overrides sampler settings (e.g. model.truncation)")
   s.add_argument("run")
@@ -596,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--seed", type=int, default=0)
   s.add_argument("--out", default=None)
   s.add_argument("--force", action="store_true")
+  s.add_argument("--step", type=int, default=None,
+                 help="sample the checkpoint of this step (default: the latest)")
   return p
 
 

@@ -46,18 +46,23 @@ def test_bad_input_one_line_exit_2(argv, message, capsys, tmp_path):
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
-def test_unreadable_checkpoint_exit_2(tmp_path, capsys):
+def test_unreadable_checkpoint_skipped_by_train_named_by_evaluate(tmp_path, capsys):
   wd = str(tmp_path / "run")
   assert cli.main(["train", "classifier", "--variant", "tiny", "--workdir", wd, "--quiet"]) == 0
-  kept = sorted(os.listdir(os.path.join(wd, "checkpoints")))
   step_dir = os.path.join(wd, "checkpoints", "4")
   for root, _, files in os.walk(step_dir):
     for f in files:
       open(os.path.join(root, f), "wb").write(b"corrupt")
   capsys.readouterr()
-  assert cli.main(["train", "classifier", "--variant", "tiny", "--workdir", wd, "--quiet"]) == 2
-  assert "cannot be restored" in _err(capsys)
-  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == kept
+  # evaluate reads only: one line naming the intact step, nothing moved.
+  assert cli.main(["evaluate", wd, "--no_features"]) == 2
+  assert "cannot be restored" in (msg := _err(capsys)) and "--step 2" in msg
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2", "4"]
+  # train resumes from step 2 and moves the corrupt step 4 aside (kept).
+  assert cli.main(["train", "classifier", "--variant", "tiny", "--workdir", wd, "--quiet"]) == 0
+  assert "skipped checkpoint step 4" in capsys.readouterr().err
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2", "4"]
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints_corrupt", "4"))) == sorted(os.listdir(step_dir))
 
 
 def test_datasets_lists_offline_sources(capsys):

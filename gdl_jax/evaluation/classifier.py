@@ -100,16 +100,22 @@ def trained_classifier(dataset, *, directory: str | None = None, variant: str = 
   config = classifier_config(variant, dataset.info.name)
   task = classifier_task(config, dataset.info)
   done = os.path.join(directory, "done.json")
-  if os.path.exists(done):
-    state, _ = loop.latest_state(task, config, dataset, directory)
-    _RESTORED[key] = task, state
-    return task, state
-  state = loop.fit(task, config, dataset, directory, experiment="classifier", progress=progress,
-                   write_samples=False)
+  while True:
+    if os.path.exists(done):
+      state, _ = loop.latest_state(task, config, dataset, directory)
+      _RESTORED[key] = task, state
+      return task, state
+    try:
+      state = loop.fit(task, config, dataset, directory, experiment="classifier", progress=progress,
+                       write_samples=False)
+      break
+    except loop.RunDirBusyError:  # another process (e.g. a parallel test) is training it: wait
+      import time
+      time.sleep(2.0)
   ev = loop.evaluate_heldout(task, state, dataset, _full_test(config, dataset),
                              loop.sharding.make_mesh(), jax.random.key(0))
-  with open(done, "w") as f:
-    json.dump({"test_" + k: v for k, v in ev.items()}, f)
+  from gdl_jax.train import rundir
+  rundir.atomic_write(done, json.dumps({"test_" + k: v for k, v in ev.items()}))
   return task, state
 
 

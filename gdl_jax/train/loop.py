@@ -5,13 +5,18 @@
 The run directory holds config.json, checkpoints/ (orbax), metrics.jsonl, TensorBoard events in
 tb/ and samples.png. Re-running with the same directory and config resumes from the latest
 checkpoint and reproduces the uninterrupted run (batches and keys are functions of the step).
+A corrupt latest checkpoint is moved to checkpoints_corrupt/ and the run resumes from the newest
+intact one. One process trains into a directory at a time (`rundir.lock`); every file is written
+so that a kill between any two writes leaves a directory that every verb accepts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -23,11 +28,9 @@ import numpy as np
 from gdl_jax import data as data_lib
 from gdl_jax import sharding
 from gdl_jax.train import checkpoint as ckpt
+from gdl_jax.train import rundir
+from gdl_jax.train.rundir import RunDirBusyError, RunDirError, RunDirWriteError  # noqa: F401
 from gdl_jax.train.task import Task
-
-
-class RunDirError(ValueError):
-  """The run directory belongs to another configuration."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,16 +42,23 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *, experiment: str = "",
-                    write: bool = True) -> None:
-  """Creates the run dir and writes config.json, or checks an existing one matches.
+                    run_info: dict | None = None, write: bool = True) -> None:
+  """Creates the run dir and writes run.json then config.json, or checks existing ones match.
 
+  Both are written atomically, run.json ({"experiment", **run_info}) first: a kill between the two
+  leaves run.json alone, which `train` completes and the other verbs report as "no checkpoint yet".
+  A config.json without run.json (left by older versions) gets its run.json here.
   write=False: only the check (what every process of a multi-host run does before process 0 writes).
   """
   if write:
-    os.makedirs(workdir, exist_ok=True)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise rundir.write_error(e, workdir) from None
   path = os.path.join(workdir, "config.json")
   want = json.loads(config_to_json(config))
   meta_path = os.path.join(workdir, "run.json")
+  meta = {**({"experiment": experiment} if experiment else {}), **(run_info or {})}
   if os.path.exists(path):
     with open(path) as f:
       have = json.load(f)
@@ -64,15 +74,31 @@ def prepare_workdir(workdir: str, config: ml_collections.ConfigDict, *, experime
       if prev and prev != experiment:
         raise RunDirError(f"run directory {workdir} holds a {prev!r} run, not {experiment!r}; "
                           "pass a new --workdir.")
+    if write:
+      _update_run_json(meta_path, meta)
     return
   if not write:
     return
-  with open(path + ".tmp", "w") as f:
-    f.write(config_to_json(config))
-  os.replace(path + ".tmp", path)
-  if experiment:
-    with open(meta_path, "w") as f:
-      json.dump({"experiment": experiment}, f)
+  _update_run_json(meta_path, meta)
+  rundir.atomic_write(path, config_to_json(config))
+
+
+def _update_run_json(meta_path: str, meta: dict) -> None:
+  """Writes run.json as its current content updated by `meta` (only if that changes it)."""
+  if not meta:
+    return
+  prev = read_json(meta_path) or {}
+  if {**prev, **meta} != prev or not os.path.exists(meta_path):
+    rundir.atomic_write(meta_path, json.dumps({**prev, **meta}))
+
+
+def read_json(path: str) -> Any:
+  """The JSON in `path`; None if it is missing or unreadable (e.g. emptied by a crash)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -98,38 +124,62 @@ class MetricsWriter:
         self._tb = None
 
   def write(self, step: int, split: str, metrics: dict) -> None:
+    """Appends one row (one write of one line: a kill leaves at most a torn last line, which
+    `read_metrics` ignores and the next run's `truncate_after` drops)."""
     if not sharding.is_writer():
       return
     row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+      f.flush()
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
 
   def truncate_after(self, step: int) -> None:
-    """Drops rows beyond `step` (a resumed run re-logs them, so the file reads as one run)."""
+    """Keeps the rows up to `step`, one per (step, split) (a resumed run re-logs the later ones, so
+    the file reads as one run); torn lines are dropped. Rewritten atomically."""
     if not os.path.exists(self.path) or not sharding.is_writer():
       return
-    with open(self.path) as f:
-      rows = [json.loads(l) for l in f if l.strip()]
-    with open(self.path + ".tmp", "w") as f:
-      for r in rows:
-        if r["step"] <= step:
-          f.write(json.dumps(r) + "\n")
-    os.replace(self.path + ".tmp", self.path)
+    rows = [r for r in read_metrics(os.path.dirname(self.path)) if r["step"] <= step]
+    rundir.atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
   def close(self):
-    if self._tb is not None:
-      self._tb.close()
+    if self._tb is None:
+      return
+    tb, self._tb = self._tb, None
+    try:
+      tb.close()
+    except Exception:  # a full / read-only disk: the event file cannot be flushed
+      for fw in getattr(tb, "all_writers", {}).values():  # stop its thread and atexit flush anyway
+        ew = getattr(fw, "event_writer", None)
+        for stop in (lambda: ew._worker.stop(), lambda: ew._ev_writer.close()):
+          try:
+            stop()
+          except Exception:  # noqa: BLE001 - best effort; the loop reports the disk error
+            pass
+        if ew is not None:
+          ew._closed = True
+      raise
 
 
 def read_metrics(workdir: str) -> list[dict]:
+  """The rows of metrics.jsonl in file order, one per (step, split) (the last written wins); lines
+  that are not a whole JSON row (a write torn by a kill) are skipped."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
+  rows: dict[tuple, dict] = {}
   with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+    for line in f:
+      try:
+        r = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(r, dict) and isinstance(r.get("step"), int) and "split" in r:
+        rows.pop((r["step"], r["split"]), None)
+        rows[(r["step"], r["split"])] = r
+  return sorted(rows.values(), key=lambda r: r["step"])
 
 
 def _mean_metrics(rows: list[dict]) -> dict:
@@ -175,17 +225,57 @@ def evaluate_heldout(task: Task, state, dataset, config, mesh, key) -> dict:
 
 def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str, *,
         experiment: str = "", progress: bool = True, write_samples: bool = True,
-        stop_after: int | None = None):
-  """Trains `task` for config.steps steps in `workdir`, resuming from its latest checkpoint.
+        stop_after: int | None = None, run_info: dict | None = None):
+  """Trains `task` for config.steps steps in `workdir`, resuming from its newest intact checkpoint.
 
+  Holds `<workdir>/.lock` throughout (a second writer gets RunDirBusyError). A checkpoint newer than
+  the newest one that restores is moved to `<workdir>/checkpoints_corrupt/` (reported on stderr).
   stop_after: return after this many steps of this call (to simulate a kill in tests).
-  Raises RunDirError, CheckpointError or NonFiniteLossError with a message naming the fix.
+  run_info: extra keys for run.json (e.g. the CLI's data_dir).
+  Raises RunDirError (incl. RunDirBusyError, RunDirWriteError for a full/read-only disk),
+  CheckpointError or NonFiniteLossError with a message naming the fix.
   """
+  if sharding.is_writer():
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise rundir.write_error(e, workdir) from None
+  # One writer per run directory: the lock is process 0's (multi-host processes share the directory).
+  held = rundir.lock(workdir) if sharding.is_writer() else contextlib.nullcontext()
+  with held, rundir.quiet_disk_errors():
+    try:
+      return _fit_locked(task, config, dataset, workdir, experiment=experiment, progress=progress,
+                         write_samples=write_samples, stop_after=stop_after, run_info=run_info)
+    except OSError as e:  # metrics, samples, train_time on a full / read-only disk
+      err = rundir.write_error(e, workdir)
+      if err is e:
+        raise
+      raise err from None
+
+
+def _resume(task, config, workdir, mngr, state):
+  """(manager, state or None, start step): restores the newest intact checkpoint, moving the newer
+  corrupt ones to checkpoints_corrupt/ (then reopening the manager so orbax no longer sees them)."""
+  restored, start, skipped = ckpt.restore_intact(mngr, state)
+  if skipped and sharding.is_writer():
+    mngr.close()
+    for step, err in skipped:
+      moved = ckpt.quarantine(workdir, step)
+      reason = str(err).split(" It was left untouched")[0].rstrip(".")
+      print(f"gdl-jax: skipped checkpoint step {step}: {reason}. Moved it to {moved} (kept, not "
+            f"deleted); resuming from step {start}.", file=sys.stderr, flush=True)
+    mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                        save_every=config.ckpt_every)
+  return mngr, restored, start
+
+
+def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_samples, stop_after,
+                run_info):
   if jax.process_count() > 1:  # multi-host: every process checks the run dir, then process 0 writes
     prepare_workdir(workdir, config, experiment=experiment, write=False)
     sharding.sync("gdl_jax.prepare_workdir")
   if sharding.is_writer():
-    prepare_workdir(workdir, config, experiment=experiment)
+    prepare_workdir(workdir, config, experiment=experiment, run_info=run_info)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   data_lib.steps_per_epoch(dataset.num_examples("train"), config.batch_size)
@@ -193,11 +283,13 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
 
   mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                       save_every=config.ckpt_every)
-  restored = ckpt.restore(mngr, state)
-  start = 0
+  try:
+    mngr, restored, start = _resume(task, config, workdir, mngr, state)
+  except BaseException:
+    mngr.close()
+    raise
   if restored is not None:
     state = jax.device_put(restored, sharding.replicated(mesh))
-    start = int(mngr.latest_step())
   writer = MetricsWriter(workdir)
   writer.truncate_after(start)
 
@@ -217,8 +309,8 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
     for (s, _), m in zip(pending, host):
       if not all(math.isfinite(float(v)) for v in m.values()):
         bad = [k for k, v in m.items() if not math.isfinite(float(v))]
+        ckpt.wait(mngr, state)
         last = mngr.latest_step()
-        mngr.wait_until_finished()
         kept = (f"The last good checkpoint (step {last}) is kept in {workdir}/checkpoints."
                 if last is not None else "No checkpoint had been saved yet, so none is kept.")
         raise NonFiniteLossError(
@@ -232,6 +324,7 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
 
   t0 = time.time()
   step = start
+  done = False
   try:
     while step < end:
       batch = data_lib.batch_at(dataset.train, step, config.batch_size, config.seed,
@@ -255,12 +348,11 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
           task.sample is not None and dataset.info.kind == "image" and sharding.is_writer():
         _write_progress_grid(task, sharding.host_local(state), dataset, config, workdir,
                              keys["sample"], step)
+    ckpt.wait(mngr, state)  # a failed async save surfaces here, as one RunDirWriteError
+    done = True
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.close()
-    if bar is not None:
-      bar.close()
+    _close_all([mngr.wait_until_finished, mngr.close, writer.close] +
+               ([bar.close] if bar is not None else []), raise_first=done)
   if step == total and write_samples and task.sample is not None and sharding.is_writer():
     local = sharding.host_local(state)  # multi-host: process 0 samples alone, from its own copy
     _write_samples(task, local, dataset, config, workdir, keys["sample"])
@@ -268,9 +360,23 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
     if task.write_artifacts is not None:
       task.write_artifacts(local, dataset, workdir, keys["sample"])
   if sharding.is_writer():
-    with open(os.path.join(workdir, "train_time.json"), "w") as f:
-      json.dump({"steps_this_call": step - start, "seconds": time.time() - t0}, f)
+    rundir.atomic_write(os.path.join(workdir, "train_time.json"),
+                        json.dumps({"steps_this_call": step - start, "seconds": time.time() - t0}))
   return state
+
+
+def _close_all(closers, *, raise_first: bool) -> None:
+  """Calls every closer (a failing one must not leave the others open, e.g. TensorBoard's writer,
+  whose atexit flush would print a traceback). Re-raises the first failure when `raise_first` (the
+  run otherwise succeeded); else the error already propagating is the one reported."""
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001 - every closer runs
+      first = first or e
+  if first is not None and raise_first:
+    raise first
 
 
 def _write_progress_grid(task, state, dataset, config, workdir, key, step):
@@ -311,17 +417,33 @@ def _write_samples(task, state, dataset, config, workdir, key):
         f.write(sep.join(vocab[int(t)] for t in row) + "\n\n")
 
 
-def latest_state(task: Task, config, dataset, workdir: str):
-  """The latest checkpointed state of a run (for sample/evaluate)."""
+def latest_state(task: Task, config, dataset, workdir: str, step: int | None = None):
+  """The checkpointed state of a run at `step` (default: the latest), and the run's keys (for
+  sample/evaluate). Reads only: a corrupt checkpoint is reported with the steps that do restore."""
   mesh = sharding.make_mesh()
   state, keys = init_state(task, config, dataset, mesh)
-  mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                      save_every=config.ckpt_every)
+  directory = os.path.join(workdir, "checkpoints")
+  if not ckpt.saved_steps(directory):
+    raise ckpt.CheckpointError(
+        f"no checkpoint in {directory} yet; train first (or re-run `gdl-jax train` with "
+        f"--workdir {workdir} to resume it).")
+  mngr = ckpt.manager(directory, keep=config.keep_checkpoints, save_every=config.ckpt_every,
+                      read_only=True)
   try:
-    restored = ckpt.restore(mngr, state)
+    steps = sorted(int(s) for s in mngr.all_steps())
+    if step is not None and step not in steps:
+      raise ckpt.CheckpointError(f"no checkpoint at step {step} in {directory}; the saved steps "
+                                 f"are {', '.join(map(str, steps))}.")
+    try:
+      restored = ckpt.restore(mngr, state, step)
+    except ckpt.CheckpointError as e:
+      failed = steps[-1] if step is None else step
+      intact = ckpt.intact_steps(mngr, state, exclude=(failed,))
+      reason = str(e).split(" It was left untouched")[0].rstrip(".")
+      hint = (f"Intact steps: {', '.join(map(str, intact))}; pass --step {intact[0]} to use the "
+              "newest of them (or re-run `gdl-jax train` on this directory, which resumes from "
+              "it)." if intact else "No other step restores either: train in a new --workdir.")
+      raise ckpt.CheckpointError(f"{reason}. It was left untouched. {hint}") from None
   finally:
     mngr.close()
-  if restored is None:
-    raise ckpt.CheckpointError(f"no checkpoint in {workdir}/checkpoints; train first with "
-                               "`gdl-jax train ... --workdir` on this directory.")
   return jax.device_put(restored, sharding.replicated(mesh)), keys
