@@ -187,6 +187,15 @@ def _tuples(config):
   return config
 
 
+def build_task(module, name: str, config, info):
+  """module.build(config, info); a ValueError there (a config that does not fit the data) becomes
+  a UsageError, so it prints as one `gdl-jax: error:` line like any other bad input."""
+  try:
+    return module.build(config, info)
+  except ValueError as e:
+    raise UsageError(f"{name}: {e}") from e
+
+
 def cmd_train(args, overrides) -> int:
   from gdl_jax import data
   from gdl_jax.train import loop
@@ -206,7 +215,7 @@ def cmd_train(args, overrides) -> int:
     config.ckpt_every = min(config.ckpt_every, steps)
   dataset = data.load(config.dataset, args.data_dir)
   workdir = args.workdir or os.path.join("runs", f"{name}" + (f"_{config.dataset}" if not name.endswith(config.dataset) else ""))
-  task = module.build(config, dataset.info)
+  task = build_task(module, name, config, dataset.info)
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet)
   if args.data_dir:
     with open(os.path.join(workdir, "run.json")) as f:
@@ -266,7 +275,7 @@ def cmd_evaluate(args, overrides=()) -> int:
     _add_missing(config, get_config(module, "default", config.dataset))
   tag = _evaluation_tag(args, list(overrides))
   apply_overrides(config, list(overrides))  # sampler settings etc.; the checkpoint must still fit
-  task = module.build(config, dataset.info)
+  task = build_task(module, name, config, dataset.info)
   state, keys = loop.latest_state(task, config, dataset, args.run)
   if args.seed:  # another draw of the samples (and of any stochastic bound)
     import jax
@@ -293,7 +302,7 @@ def cmd_sample(args) -> int:
   from gdl_jax.train import loop
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
-  task = module.build(config, dataset.info)
+  task = build_task(module, name, config, dataset.info)
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
   state, _ = loop.latest_state(task, config, dataset, args.run)
