@@ -133,6 +133,13 @@ def _check(config, info: DatasetInfo) -> None:
     raise ValueError(f"vq_steps={config.vq_steps} must be in [1, steps={config.steps}): stage 1 "
                      "trains the VQ-VAE for vq_steps steps and the GPT prior for the rest; set "
                      f"--config.vq_steps (e.g. {max(int(config.steps) // 2, 1)}).")
+  for name, opt, length in (("optimizer", config.optimizer, int(config.vq_steps)),
+                            ("prior_optimizer", config.prior_optimizer,
+                             int(config.steps) - int(config.vq_steps))):
+    if int(opt.warmup_steps) >= length:
+      raise ValueError(f"{name}.warmup_steps={opt.warmup_steps} is not shorter than its stage "
+                       f"({length} steps), so the learning rate never reaches {name}.lr; set "
+                       f"--config.{name}.warmup_steps to at most {max(length // 10, 0)}.")
   if not 0 <= float(mc.beta):
     raise ValueError(f"model.beta={mc.beta} (the commitment weight) must be >= 0; 0.25 is usual.")
 

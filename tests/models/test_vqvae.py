@@ -114,6 +114,10 @@ def test_config_that_does_not_fit_the_data_is_refused(digits, tmp_path, capsys):
   c.vq_steps = c.steps
   with pytest.raises(ValueError, match="vq_steps=4 must be in"):
     vqvae.build(c, digits.info)
+  c = _tiny()
+  c.prior_optimizer.warmup_steps = 2
+  with pytest.raises(ValueError, match="prior_optimizer.warmup_steps=2 is not shorter than its stage"):
+    vqvae.build(c, digits.info)
   with pytest.raises(ValueError, match="no preset for dataset 'moons'"):
     vqvae.get_config("tiny", "moons")
   # Through the CLI: one line, exit 2, nothing written.
