@@ -165,7 +165,8 @@ class VQVAE(nn.Module):
 
   def log_likelihood(self, image: jax.Array, recon: jax.Array) -> jax.Array:
     """log p(x | codes) [B] in nats: a discretized logistic(recon, exp(log_scale)) per pixel."""
-    lp = discretized_logistic_log_prob(image, recon, jnp.maximum(self.log_scale, -7.0), self.levels)  # [B, H, W, C]
+    log_scale = jnp.maximum(self.log_scale, -7.0)                                # [C]
+    lp = discretized_logistic_log_prob(image, recon, log_scale, self.levels)      # [B, H, W, C]
     return jnp.sum(lp.reshape(lp.shape[0], -1), axis=-1)
 
   def __call__(self, image: jax.Array, *, update: bool = False) -> VQVAEOutput:
