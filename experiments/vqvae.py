@@ -22,7 +22,11 @@ log p(x) = log sum_c p(c) p(x | c) (the decoder's mean with a learned per-channe
 discretized to the dataset's levels; the scale is fitted beside the MSE on a stop-gradient mean,
 so it does not change the reconstruction objective).
 
-MEASURED: see the README row (fashion_mnist, small variant).
+MEASURED (digits, `--variant small --steps 800 --config.vq_steps=500
+--config.optimizer.warmup_steps=50 --config.prior_optimizer.warmup_steps=30`, 144 s on 2 shared
+CPU cores): held-out recon. MSE 0.0457 per pixel in [-1, 1], 99% of the 64 codes used on the test
+set (perplexity 51.7), prior 3.40 bits/token; `gdl-jax evaluate`: bound 2.807 bits/dim, FD 14.5,
+novelty 1.36, no copies (the VAE: 1.788 / 8.04 / 1.16 after 2000 steps).
 """
 
 from __future__ import annotations
