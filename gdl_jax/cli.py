@@ -391,7 +391,7 @@ def _build(module, config, info):
   except ValueError as e:
     if isinstance(e, ConfigError):
       raise
-    raise ConfigError(str(e)) from e
+    raise ConfigError(f"{module.__name__.rsplit('.', 1)[-1]}: {e}") from e
 
 
 def cmd_train(args, overrides) -> int:
