@@ -128,13 +128,13 @@ def _overfit(model, loss_fn, params, key, steps=200, lr=3e-3):
   return np.asarray(train(params))
 
 
-def _falls(losses, record_property):
-  """The mean of the last 10 losses is below 0.6 x the mean of the first 5 (nats/dim). Seeds 0-2
-  reach ~0.43 (VAE) and ~0.36-0.41 (AE): "halves" left a margin of a few hundredths."""
+def _falls(losses, ratio, record_property):
+  """The mean of the last 10 losses is below `ratio` x the mean of the first 5 (nats/dim). Seeds
+  0-2 reach 0.39-0.43 (VAE) and 0.36-0.55 (AE, 2-d latent): "halves" was too thin for both."""
   assert np.all(np.isfinite(losses))
   head, tail = float(losses[:5].mean()), float(losses[-10:].mean())
-  record_property("loss_mean_last10", f"{tail:.4g} < 0.6 * {head:.4g} = {0.6 * head:.4g}")
-  assert tail < 0.6 * head, (losses[:5], losses[-10:])
+  record_property("loss_mean_last10", f"{tail:.4g} < {ratio} * {head:.4g} = {ratio * head:.4g}")
+  assert tail < ratio * head, (losses[:5], losses[-10:])
 
 
 def test_vae_overfits_one_batch(test_seed, record_property):
@@ -143,8 +143,8 @@ def test_vae_overfits_one_batch(test_seed, record_property):
   params = jax.jit(model.init)(_rbg(test_seed), image, jax.random.key(0))["params"]
   losses = _overfit(model, lambda p, k: O.vae_loss(model, p, image, k)[0], params,
                     jax.random.key(test_seed))
-  # nats/dim: starts near 2.2, reaches ~0.93 (VAE) / ~0.8-0.9 (AE) after 200 steps
-  _falls(losses, record_property)
+  # nats/dim: starts near 2.2, reaches ~0.9 (VAE) / ~0.8-1.2 (AE) after 200 steps
+  _falls(losses, 0.6, record_property)
 
 
 def test_autoencoder_overfits_one_batch(test_seed, record_property):
@@ -153,7 +153,7 @@ def test_autoencoder_overfits_one_batch(test_seed, record_property):
   params = jax.jit(model.init)(_rbg(test_seed), image)["params"]
   losses = _overfit(model, lambda p, k: O.autoencoder_loss(model, p, image, k)[0], params,
                     jax.random.key(test_seed))
-  _falls(losses, record_property)
+  _falls(losses, 0.7, record_property)
 
 
 @pytest.mark.slow
