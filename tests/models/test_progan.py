@@ -278,6 +278,7 @@ def test_cli_tiny_train_sample_evaluate(tmp_path):
   assert "novelty_ratio" in metrics
 
 
+@pytest.mark.slow
 def test_host_and_switch_dispatch_give_the_same_steps(digits):
   """Three steps through 4x4 -> fade -> 8x8 with either dispatch: the same parameters."""
   from experiments import progan
