@@ -42,7 +42,10 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
-from experiments.gpt_text import make_model as make_gpt, sampling_config, sampling_kwargs
+from experiments.gpt_text import SAMPLING_RULES, make_model as make_gpt, sampling_config, sampling_kwargs
+from gdl_jax.configs import (DECAY, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT,
+                             ConfigError, Needs, OneOf, optimizer_rules)
+from gdl_jax.models.gpt import POSITIONS
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
 from gdl_jax.models.vqvae import VQVAE, check_geometry
 from gdl_jax.nn.vq import VQ_COLLECTION
@@ -54,6 +57,15 @@ from gdl_jax.train.step import tree_l2
 from gdl_jax.train.task import Task
 
 VARIANTS = ("default", "small", "tiny")
+# The CLI's checks (gdl_jax.configs): single values here, the rest in `check` (= _check).
+NEEDS = Needs("image", levels=True)
+RULES = {"vq_steps": POSITIVE_INT, "model.beta": NON_NEGATIVE, "model.decay": DECAY,
+         "model.eps": POSITIVE, "model.dead_threshold": NON_NEGATIVE,
+         "model.dead_after": NON_NEGATIVE_INT, "model.pad_to": NON_NEGATIVE_INT,
+         "prior.dim": POSITIVE_INT, "prior.num_heads": POSITIVE_INT, "prior.mlp_ratio": POSITIVE_INT,
+         "prior.positions": OneOf(POSITIONS), "prior.dropout": FRACTION,
+         **{f"prior.{k.split('.', 1)[1]}": rule for k, rule in SAMPLING_RULES.items()},
+         **optimizer_rules("prior_optimizer")}
 # dataset -> (model overrides, steps, vq_steps) of the default variant
 PRESETS = {
     "fashion_mnist": dict(image_channels=1, pad_to=32, features=(64, 128)),
@@ -116,6 +128,20 @@ def make_model(mc, info: DatasetInfo) -> VQVAE:
                code_dim=int(mc.code_dim), beta=float(mc.beta), ema=bool(mc.ema),
                decay=float(mc.decay), eps=float(mc.eps), dead_after=int(mc.dead_after),
                dead_threshold=float(mc.dead_threshold))
+
+
+def check(config, info: DatasetInfo) -> None:
+  """The CLI's hook (before anything is built): `_check` and the prior's heads, as ConfigErrors."""
+  try:
+    _check(config, info)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  pc = config.prior
+  if int(pc.dim) % int(pc.num_heads):
+    raise ConfigError(f"config prior.dim={pc.dim} must be a multiple of prior.num_heads="
+                      f"{pc.num_heads}; pass --config.prior.num_heads=1 or a dim divisible by it.")
 
 
 def _check(config, info: DatasetInfo) -> None:

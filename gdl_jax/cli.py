@@ -203,7 +203,13 @@ def state_size(task, config, dataset) -> tuple[int, int]:
   import numpy as np
   from gdl_jax import data
   batch = data.batch_at(dataset.train, 0, int(config.batch_size), int(config.seed))
-  shapes = jax.eval_shape(task.init, jax.random.key(0), batch)
+  try:
+    shapes = jax.eval_shape(task.init, jax.random.key(0), batch)
+  except ValueError as e:  # a module's own check of its settings (Linen setup), met at init
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(f"{config.get('dataset', '?')}: the model refuses this config at init: "
+                      f"{str(e).splitlines()[0]}") from e
 
   def nbytes(tree) -> int:
     total = 0

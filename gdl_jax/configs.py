@@ -147,17 +147,24 @@ NON_NEGATIVE = Range(0)
 FRACTION = Range(0, 1)                      # [0, 1]
 DECAY = Range(0, 1, hi_open=True)           # [0, 1): EMA decays, dropout rates, Adam's betas
 
+def optimizer_rules(prefix: str = "optimizer") -> dict[str, Rule]:
+  """The rules of one `default_optimizer_config` sub-config at `prefix` (an experiment with a second
+  optimizer, e.g. the VQ prior's `prior_optimizer`, adds `optimizer_rules("prior_optimizer")`)."""
+  return {f"{prefix}.{k}": rule for k, rule in {
+      "name": OneOf(OPTIMIZERS), "schedule": OneOf(SCHEDULES),
+      "lr": POSITIVE, "b1": DECAY, "b2": DECAY, "eps": POSITIVE,
+      "weight_decay": NON_NEGATIVE, "clip_norm": NON_NEGATIVE,
+      "clip_value": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE_INT,
+      "final_lr_frac": FRACTION, "momentum": NON_NEGATIVE}.items()}
+
+
 COMMON_RULES: dict[str, Rule] = {
     "seed": Range(0, 2**32, hi_open=True, integer=True),
     "batch_size": POSITIVE_INT, "steps": POSITIVE_INT, "log_every": POSITIVE_INT,
     "eval_every": POSITIVE_INT, "ckpt_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
     "num_samples": Range(1, MAX_SAMPLES, integer=True), "sample_every": NON_NEGATIVE_INT,
     "eval_batches": NON_NEGATIVE_INT,
-    "optimizer.name": OneOf(OPTIMIZERS), "optimizer.schedule": OneOf(SCHEDULES),
-    "optimizer.lr": POSITIVE, "optimizer.b1": DECAY, "optimizer.b2": DECAY, "optimizer.eps": POSITIVE,
-    "optimizer.weight_decay": NON_NEGATIVE, "optimizer.clip_norm": NON_NEGATIVE,
-    "optimizer.clip_value": NON_NEGATIVE, "optimizer.warmup_steps": NON_NEGATIVE_INT,
-    "optimizer.final_lr_frac": FRACTION, "optimizer.momentum": NON_NEGATIVE,
+    **optimizer_rules("optimizer"),
     "model.dtype": OneOf("float32", "bfloat16"),
     "model.*features": POSITIVE_INT, "model.hidden": POSITIVE_INT, "model.latent_dim": POSITIVE_INT,
     "model.num_*": POSITIVE_INT, "model.*_steps": NON_NEGATIVE_INT, "model.dropout": DECAY,

@@ -125,7 +125,7 @@ def test_config_that_does_not_fit_the_data_is_refused(digits, tmp_path, capsys):
   assert cli.main(["train", "vqvae", "--dataset", "digits", "--variant", "tiny", "--workdir",
                    str(wd), "--quiet", "--config.model.image_channels=3"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("gdl-jax: error: vqvae: model.image_channels=3"), err
+  assert len(err) == 1 and err[0].startswith("gdl-jax: error: model.image_channels=3"), err
   assert not wd.exists()
 
 
