@@ -40,8 +40,7 @@ def _host(tree):
 
 
 def test_patchgan_emits_one_logit_per_patch():
-  for hw, features, grid in (((32, 32), (4, 8), (8, 8)), ((28, 28), (4, 8), (7, 7)),
-                             ((30, 18), (4, 8, 8), (4, 3)), ((16, 16), (4,), (8, 8))):
+  for hw, features, grid in (((28, 28), (4, 8), (7, 7)), ((30, 18), (4, 8, 8), (4, 3))):
     disc = PatchDiscriminator(features)
     x = jnp.zeros((2, *hw, 3))
     out = disc.apply(disc.init(jax.random.PRNGKey(0), x), x)
@@ -75,7 +74,7 @@ def test_adaptive_weight_matches_autodiff_at_the_last_layer(photos):
   from gdl_jax.objectives.perceptual import load_lpips_params, lpips
   c = _config(lpips_weight=0.7)
   task = vqgan.build(c, photos.info)
-  batch = _batch(photos)
+  batch = _batch(photos, 4)
   state = task.init(jax.random.PRNGKey(3), batch)
   host = _host(state)
   _, metrics = task.step(state, batch, jax.random.PRNGKey(4))
@@ -92,23 +91,26 @@ def test_adaptive_weight_matches_autodiff_at_the_last_layer(photos):
     r = model.apply(variables(p), batch["image"]).recon
     return -jnp.mean(disc.apply({"params": host.params["disc"]}, r))
 
-  norms = [np.linalg.norm(np.asarray(jax.jit(jax.grad(f))(host.params["vqvae"])["decoder"]["to_pixels"]
-                                     ["kernel"], np.float64)) for f in (rec, adv)]
+  last = lambda f: lambda p: jax.grad(f)(p)["decoder"]["to_pixels"]["kernel"]
+  grads = jax.jit(lambda p: (last(rec)(p), last(adv)(p)))(host.params["vqvae"])
+  norms = [np.linalg.norm(np.asarray(g, np.float64)) for g in grads]
   expected = min(max(norms[0] / (norms[1] + 1e-4), 0.0), 1e4)
   assert norms[1] > 0 and 1e-3 < expected < 1e3
   np.testing.assert_allclose(float(metrics["adaptive_weight"]), expected, rtol=2e-4)
 
 
 def test_critic_is_off_before_disc_start_and_on_after(photos):
-  """Two runs that differ only in gan.weight (1 vs 2): before disc_start the generator's update, the
-  critic and its optimizer state are identical (the adversarial term adds exactly nothing); from
-  disc_start the generators part and the critic moves."""
+  """Two runs of one task that differ only in the critic's initial params: before disc_start the
+  generator's update is the same bit for bit (the adversarial term adds exactly nothing) and the
+  critic and its optimizer state stay put; from disc_start the generators part and the critics move."""
   batch = _batch(photos)
+  task = vqgan.build(_config(weight=1.0, lpips_weight=0.0, disc_start=1), photos.info)
+  first = _host(task.init(jax.random.PRNGKey(0), batch))
+  other = task.init(jax.random.PRNGKey(1), batch).params["disc"]
+  second = first.replace(params={**first.params, "disc": _host(other)})
   runs = []
-  for weight in (1.0, 2.0):
-    task = vqgan.build(_config(weight=weight, lpips_weight=0.0, disc_start=1), photos.info)
-    state = task.init(jax.random.PRNGKey(0), batch)
-    states, metrics = [_host(state)], []
+  for start in (first, second):
+    state, states, metrics = jax.tree.map(jnp.asarray, start), [start], []
     for _ in range(2):
       state, m = task.step(state, batch, jax.random.PRNGKey(1))
       states.append(_host(state))
@@ -116,11 +118,13 @@ def test_critic_is_off_before_disc_start_and_on_after(photos):
     runs.append((states, metrics))
   (a, ma), (b, mb) = runs
   assert [float(m["disc_on"]) for m in ma] == [0.0, 1.0]
-  # Step 0 (off): same generator, critic untouched.
+  assert float(ma[0]["gen_adv_loss"]) != float(mb[0]["gen_adv_loss"])   # the critics do differ
+  # Step 0 (off): the same generator update, the critics untouched.
   jax.tree.map(np.testing.assert_array_equal, a[1].params["vqvae"], b[1].params["vqvae"])
-  jax.tree.map(np.testing.assert_array_equal, a[1].params["disc"], a[0].params["disc"])
-  jax.tree.map(np.testing.assert_array_equal, a[1].opt_state["disc"], a[0].opt_state["disc"])
-  np.testing.assert_allclose(ma[0]["loss"], ma[0]["recon_mse"] + ma[0]["commitment_loss"] * 0.25,
+  for run in (a, b):
+    jax.tree.map(np.testing.assert_array_equal, run[1].params["disc"], run[0].params["disc"])
+    jax.tree.map(np.testing.assert_array_equal, run[1].opt_state["disc"], run[0].opt_state["disc"])
+  np.testing.assert_allclose(ma[0]["loss"], ma[0]["recon_mse"] + 0.25 * ma[0]["commitment_loss"],
                              rtol=1e-5)
   # Step 1 (on): the adversarial term moves the generator, the critic trains.
   diff = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a[2].params["vqvae"], b[2].params["vqvae"])
@@ -141,15 +145,16 @@ def test_lpips_term_is_zero_for_a_perfect_reconstruction(photos):
   assert float(jnp.min(lpips(lp, x, x[::-1]))) > 0.01                    # and not zero otherwise
 
 
-@needs_lpips
 def test_cli_train_both_stages_and_sample_tiny(tmp_path):
+  """End to end through the CLI (LPIPS off to keep VGG16's compile out of it: the step with LPIPS is
+  compiled by test_adaptive_weight_matches_autodiff_at_the_last_layer)."""
   wd = str(tmp_path / "run")
   assert cli.main(["train", "vqgan", "--dataset", "photo_crops", "--variant", "tiny", "--workdir",
-                   wd, "--quiet"]) == 0
+                   wd, "--quiet", "--config.gan.lpips_weight=0"]) == 0
   from gdl_jax.train import loop
   rows = [r for r in loop.read_metrics(wd) if r["split"] == "train"]
   assert {r["step"]: r["stage"] for r in rows} == {2: 1.0, 4: 2.0}
-  assert rows[0]["lpips"] > 0 and rows[0]["adaptive_weight"] > 0
+  assert rows[0]["lpips"] == 0 and rows[0]["adaptive_weight"] > 0 and rows[0]["disc_on"] == 0.5  # steps 0, 1
   for f in ("samples.png", "reconstructions.png"):
     assert os.path.exists(os.path.join(wd, f)), f
   assert cli.main(["sample", wd, "--num", "4"]) == 0
