@@ -15,6 +15,9 @@ on the codes of the frozen stage-1 model, computed per batch. One jitted step pi
 with lax.cond on state.step; each stage has its own optimizer (config.optimizer for stage 1 over
 vq_steps steps, config.prior_optimizer for stage 2), so resume is exact at any step.
 Train metrics carry both stages' keys (the other stage's are 0) and `stage` (1 or 2).
+VQ-GAN (config.gan, off by default; experiments/vqgan.py turns it on): gan.lpips_weight > 0 adds
+LPIPS to the reconstruction loss, gan.weight > 0 a PatchGAN critic (TrainState params/opt_state
+["disc"]) with Esser et al.'s adaptive weight from gan.disc_start on (see stage1_gan in build).
 
 Sampling: codes from the GPT (KV-cached decoding, model.prior temperature/top-k/top-p), decoded,
 rounded to levels. log_prob: log p(x | codes(x)) + log p_prior(codes(x)) in nats, a lower bound on
