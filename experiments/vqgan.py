@@ -31,6 +31,8 @@ import ml_collections
 from experiments import vqvae
 
 VARIANTS = vqvae.VARIANTS
+RULES = vqvae.RULES
+TEST_DATASET = "photo_crops"   # the offline dataset the CLI fuzz tests use (digits are 8x8)
 PRESETS = {k: v for k, v in vqvae.PRESETS.items() if k != "digits"}
 
 

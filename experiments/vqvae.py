@@ -46,7 +46,9 @@ import numpy as np
 
 from experiments._common import base_config, shrink
 from experiments.gpt_text import make_model as make_gpt, sampling_config, sampling_kwargs
-from gdl_jax.configs import ConfigError
+from gdl_jax.configs import (COMMON_RULES, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError,
+                             OneOf)
+from gdl_jax.models.gpt import POSITIONS
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
 from gdl_jax.models.patchgan import PatchDiscriminator
 from gdl_jax.models.vqvae import VQVAE, check_geometry
@@ -61,6 +63,13 @@ from gdl_jax.train.step import tree_l2
 from gdl_jax.train.task import Task
 
 VARIANTS = ("default", "small", "tiny")
+# Single values the CLI checks before building (the rest: _check, against the data).
+RULES = {"prior.positions": OneOf(POSITIONS), "gan.weight": NON_NEGATIVE, "gan.lpips_weight": NON_NEGATIVE,
+         "gan.disc_start": NON_NEGATIVE_INT, "gan.loss": OneOf(vqgan_losses.GAN_LOSSES),
+         "gan.disc_features": POSITIVE_INT,
+         # the second and third optimizers get the common optimizer.* rules under their own names
+         **{f"{prefix}.{k[len('optimizer.'):]}": rule for prefix in ("prior_optimizer", "gan.optimizer")
+            for k, rule in COMMON_RULES.items() if k.startswith("optimizer.")}}
 # dataset -> (model overrides, steps, vq_steps) of the default variant
 PRESETS = {
     "fashion_mnist": dict(image_channels=1, pad_to=32, features=(64, 128)),
