@@ -15,6 +15,9 @@ on the codes of the frozen stage-1 model, computed per batch. One jitted step pi
 with lax.cond on state.step; each stage has its own optimizer (config.optimizer for stage 1 over
 vq_steps steps, config.prior_optimizer for stage 2), so resume is exact at any step.
 Train metrics carry both stages' keys (the other stage's are 0) and `stage` (1 or 2).
+VQ-GAN (config.gan, off by default; experiments/vqgan.py turns it on): gan.lpips_weight > 0 adds
+LPIPS to the reconstruction loss, gan.weight > 0 a PatchGAN critic (TrainState params/opt_state
+["disc"]) with Esser et al.'s adaptive weight from gan.disc_start on (see stage1_gan in build).
 
 Sampling: codes from the GPT (KV-cached decoding, model.prior temperature/top-k/top-p), decoded,
 rounded to levels. log_prob: log p(x | codes(x)) + log p_prior(codes(x)) in nats, a lower bound on
@@ -47,8 +50,11 @@ from gdl_jax.configs import (DECAY, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, PO
                              ConfigError, Needs, OneOf, optimizer_rules)
 from gdl_jax.models.gpt import POSITIONS
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
+from gdl_jax.models.patchgan import PatchDiscriminator
 from gdl_jax.models.vqvae import VQVAE, check_geometry
 from gdl_jax.nn.vq import VQ_COLLECTION
+from gdl_jax.objectives import vqgan as vqgan_losses
+from gdl_jax.objectives.perceptual import lpips as lpips_fn
 from gdl_jax.objectives.autoregressive import bits_per_dim, sequence_log_prob
 from gdl_jax.optim import default_optimizer_config, make_optimizer
 from gdl_jax.samplers.autoregressive import decode_cached
@@ -65,7 +71,11 @@ RULES = {"vq_steps": POSITIVE_INT, "model.beta": NON_NEGATIVE, "model.decay": DE
          "prior.dim": POSITIVE_INT, "prior.num_heads": POSITIVE_INT, "prior.mlp_ratio": POSITIVE_INT,
          "prior.positions": OneOf(POSITIONS), "prior.dropout": FRACTION,
          **{f"prior.{k.split('.', 1)[1]}": rule for k, rule in SAMPLING_RULES.items()},
-         **optimizer_rules("prior_optimizer")}
+         "gan.weight": NON_NEGATIVE, "gan.lpips_weight": NON_NEGATIVE,
+         "gan.disc_start": NON_NEGATIVE_INT, "gan.loss": OneOf(vqgan_losses.GAN_LOSSES),
+         "gan.disc_features": POSITIVE_INT,
+         # the second and third optimizers get the common optimizer.* rules under their own names
+         **optimizer_rules("prior_optimizer"), **optimizer_rules("gan.optimizer")}
 # dataset -> (model overrides, steps, vq_steps) of the default variant
 PRESETS = {
     "fashion_mnist": dict(image_channels=1, pad_to=32, features=(64, 128)),
@@ -91,6 +101,21 @@ def prior_config(**kw) -> ml_collections.ConfigDict:
   return p
 
 
+def gan_config(**kw) -> ml_collections.ConfigDict:
+  """The VQ-GAN terms of stage 1 (Esser et al. 2021); weight = lpips_weight = 0 is the plain VQ-VAE.
+
+  weight        adversarial weight (times the adaptive lambda); > 0 adds the PatchGAN critic
+  lpips_weight  LPIPS(VGG16) perceptual term on the reconstructions (needs >= 16x16 images)
+  disc_start    the step from which the critic trains and its term reaches the generator
+  loss          "hinge" (the VQ-GAN's) or "non_saturating"
+  """
+  g = ml_collections.ConfigDict(dict(
+      weight=0.0, lpips_weight=0.0, disc_start=0, loss="hinge", disc_features=(64, 128),
+      optimizer=default_optimizer_config(2e-4, b1=0.5, b2=0.9)))
+  g.update(kw)
+  return g
+
+
 def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_collections.ConfigDict:
   if dataset not in PRESETS:
     raise ValueError(f"vqvae has no preset for dataset {dataset!r}; use one of {sorted(PRESETS)} "
@@ -104,6 +129,7 @@ def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_c
                                                final_lr_frac=0.05, clip_norm=1.0)
   c.model = model_config(**PRESETS[dataset])
   c.prior = prior_config()
+  c.gan = gan_config()
   if variant == "small":
     c.steps, c.vq_steps = 3000, 1500
     c.log_every, c.eval_every, c.ckpt_every = 50, 500, 500
@@ -111,6 +137,7 @@ def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_c
     c.model.update(features=tuple([32, 64][:len(c.model.features)]), res_hidden=32,
                    num_codes=min(c.model.num_codes, 128), code_dim=16)
     c.prior.update(dim=96, num_layers=3)
+    c.gan.disc_features = (32, 64)
   elif variant == "tiny":
     shrink(c, steps=4, batch_size=8)
     c.vq_steps = 2
@@ -118,6 +145,7 @@ def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_c
     c.model.update(features=tuple([4, 8][:len(c.model.features)]), res_blocks=1, res_hidden=4,
                    num_codes=8, code_dim=4, dead_after=1)
     c.prior.update(dim=16, num_heads=2, num_layers=1, dropout=0.0)
+    c.gan.disc_features = (4, 8)
   return c
 
 
@@ -172,6 +200,33 @@ def _check(config, info: DatasetInfo) -> None:
                        f"--config.{name}.warmup_steps to at most {max(length // 10, 0)}.")
   if not 0 <= float(mc.beta):
     raise ValueError(f"model.beta={mc.beta} (the commitment weight) must be >= 0; 0.25 is usual.")
+  if "gan" in config:
+    _check_gan(config, info)
+
+
+def _check_gan(config, info: DatasetInfo) -> None:
+  """The VQ-GAN keys (config.gan); each error names the fix."""
+  g = config.gan
+  for key in ("weight", "lpips_weight"):
+    if not float(g[key]) >= 0:
+      raise ConfigError(f"gan.{key}={g[key]} must be >= 0 (0 switches the term off); set "
+                        f"--config.gan.{key}.")
+  if float(g.lpips_weight) > 0 and min(int(info.shape[0]), int(info.shape[1])) < 16:
+    raise ConfigError(f"gan.lpips_weight={g.lpips_weight}: LPIPS needs images of at least 16x16, "
+                      f"dataset {info.name!r} has {info.shape[0]}x{info.shape[1]}; set "
+                      "--config.gan.lpips_weight=0 or use a larger dataset (--dataset "
+                      "fashion_mnist or photo_crops).")
+  if float(g.weight) > 0:
+    if g.loss not in vqgan_losses.GAN_LOSSES:
+      raise ConfigError(f"gan.loss={g.loss!r} is not a GAN loss; use one of "
+                        f"{vqgan_losses.GAN_LOSSES} (--config.gan.loss=hinge).")
+    if not 0 <= int(g.disc_start) < int(config.vq_steps):
+      raise ConfigError(f"gan.disc_start={g.disc_start} must be in [0, vq_steps={config.vq_steps}): "
+                        "the critic only trains in stage 1; set --config.gan.disc_start (e.g. "
+                        f"{int(config.vq_steps) // 2}).")
+    if not g.disc_features or min(int(f) for f in g.disc_features) < 1:
+      raise ConfigError(f"gan.disc_features={tuple(g.disc_features)} must be a non-empty tuple of "
+                        "positive widths, one per stride-2 layer (e.g. (64, 128)).")
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
@@ -186,6 +241,19 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   opt_prior = make_optimizer(config.prior_optimizer, steps - vq_steps)
   sampling = sampling_kwargs(config.prior)
   dims, log2 = info.dims, math.log(2.0)
+  g = config.get("gan") or gan_config()
+  gan_weight, lpips_weight = float(g.weight), float(g.lpips_weight)
+  disc = PatchDiscriminator(tuple(int(f) for f in g.disc_features)) if gan_weight > 0 else None
+  opt_disc = make_optimizer(g.optimizer, vq_steps) if disc is not None else None
+  disc_start, gan_loss = int(g.disc_start), str(g.loss)
+  # The LPIPS weights enter the jitted step as an argument (closed over, XLA would fold 58 MB).
+  lp = {}
+  if lpips_weight > 0:
+    from gdl_jax.objectives.perceptual import load_lpips_params
+    lp = load_lpips_params()
+
+  def last_layer(tree):  # the decoder's last layer's kernel (Esser et al.'s lambda is taken there)
+    return tree["decoder"]["to_pixels"]["kernel"]
 
   def variables(state):
     return {"params": state.params["vqvae"], VQ_COLLECTION: state.extra[VQ_COLLECTION]}
@@ -196,9 +264,12 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     tokens = jnp.zeros((batch["image"].shape[0], length), jnp.int32)
     prior_params = prior.init(k_prior, tokens)["params"]
     params = {"vqvae": v["params"], "prior": prior_params}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state={"vqvae": opt_vq.init(params["vqvae"]),
-                                 "prior": opt_prior.init(prior_params)},
+    opt_state = {"vqvae": opt_vq.init(params["vqvae"]), "prior": opt_prior.init(prior_params)}
+    if disc is not None:
+      params["disc"] = disc.init(jax.random.fold_in(key, 2), to_signed(batch["image"],
+                                                                        info.levels))["params"]
+      opt_state["disc"] = opt_disc.init(params["disc"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       extra={VQ_COLLECTION: v[VQ_COLLECTION]})
 
   def stage1(state, batch, key):
@@ -225,6 +296,77 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     return new, dict(loss=loss, stage=jnp.ones(()), **metrics, l2_grads=tree_l2(grads),
                      l2_updates=tree_l2(updates))
 
+  def stage1_gan(state, batch, key, lp):
+    """Stage 1 of the VQ-GAN: the VQ-VAE on MSE + lpips_weight * LPIPS + commitment
+    + weight * lambda * adversarial (lambda: the adaptive weight, 0 before disc_start), then one
+    critic update on the same batch (real images vs. the pre-update reconstructions).
+
+    Written here rather than with gdl_jax/objectives/gan_step.py: that step's generator maps noise
+    to images on the adversarial loss alone, while this generator is an autoencoder driven by a
+    reconstruction loss, with a weight computed from its own gradients at the decoder's last layer.
+    One forward pass of the VQ-VAE (jax.vjp) is pulled back twice: once with the reconstruction
+    cotangent (plus the VQ loss's) and once with the adversarial one, so the two gradients are
+    exact, lambda comes from their to_pixels kernels, and the update is g_rec + w lambda g_adv.
+    (The VQ loss does not depend on the decoder, so it adds nothing to the last layer's gradient.)
+    """
+    image = batch["image"]
+    target = to_signed(image, info.levels)
+    p = state.params["vqvae"]
+    on = (state.step >= disc_start).astype(jnp.float32)
+
+    def forward(p):
+      out, mutated = model.apply({"params": p, VQ_COLLECTION: state.extra[VQ_COLLECTION]}, image,
+                                 update=True, rngs={VQ_COLLECTION: key}, mutable=[VQ_COLLECTION])
+      return (out.recon, out.vq.loss), (mutated[VQ_COLLECTION], out.vq.metrics)
+
+    (recon, vq_loss), pull, (vq_state, vq_metrics) = jax.vjp(forward, p, has_aux=True)
+
+    def rec_loss(r):
+      mse = jnp.mean((r - target) ** 2)
+      perceptual = jnp.mean(lpips_fn(lp, r, target)) if lpips_weight > 0 else jnp.zeros(())
+      return mse + lpips_weight * perceptual, (mse, perceptual)
+
+    (rec, (mse, perceptual)), g_rec_r = jax.value_and_grad(rec_loss, has_aux=True)(recon)
+    grads = pull((g_rec_r, jnp.ones_like(vq_loss)))[0]
+    # The likelihood's scale is fitted on a stop-gradient mean: only log_scale learns from it.
+    nll_fn = lambda p: -jnp.mean(model.apply({"params": p}, image, jax.lax.stop_gradient(recon),
+                                             method=model.log_likelihood))
+    nll, g_nll = jax.value_and_grad(nll_fn)(p)
+    grads = jax.tree.map(lambda a, b: a + b / dims, grads, g_nll)
+    loss = rec + vq_loss
+    metrics = dict(recon_mse=mse, recon_bpd=nll / (dims * log2), lpips=perceptual, **vq_metrics)
+    new_params, new_opt = dict(state.params), dict(state.opt_state)
+    if disc is not None:
+      dp = state.params["disc"]
+      adv_fn = lambda r: vqgan_losses.gen_loss(disc.apply({"params": dp}, r), gan_loss)
+      adv, g_adv_r = jax.value_and_grad(adv_fn)(recon)
+      g_adv = pull((g_adv_r, jnp.zeros_like(vq_loss)))[0]
+      lam = vqgan_losses.adaptive_weight(last_layer(grads), last_layer(g_adv))
+      scale = gan_weight * on * lam
+      grads = jax.tree.map(lambda a, b: a + scale * b, grads, g_adv)
+      loss = loss + scale * adv
+
+      def d_loss_fn(dp):
+        real = disc.apply({"params": dp}, target)
+        fake = disc.apply({"params": dp}, jax.lax.stop_gradient(recon))
+        return vqgan_losses.disc_loss(real, fake, gan_loss), (jnp.mean(real), jnp.mean(fake))
+
+      (d_loss, (d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(dp)
+      d_updates, d_opt = opt_disc.update(d_grads, state.opt_state["disc"], dp)
+      # Before disc_start the critic stays exactly where it is (params and optimizer state).
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(on > 0, a, b), new, old)
+      new_params["disc"] = keep(jax.tree.map(jnp.add, dp, d_updates), dp)
+      new_opt["disc"] = keep(d_opt, state.opt_state["disc"])
+      metrics.update(gen_adv_loss=adv, adaptive_weight=lam, disc_loss=d_loss, disc_real=d_real,
+                     disc_fake=d_fake, disc_on=on)
+    updates, opt = opt_vq.update(grads, state.opt_state["vqvae"], p)
+    new_params["vqvae"] = jax.tree.map(jnp.add, p, updates)
+    new_opt["vqvae"] = opt
+    new = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt,
+                        extra={**state.extra, VQ_COLLECTION: vq_state})
+    return new, dict(loss=loss, stage=jnp.ones(()), **metrics, l2_grads=tree_l2(grads),
+                     l2_updates=tree_l2(updates))
+
   def codes_of(state, image):
     return model.apply(variables(state), image, method=model.codes).reshape(image.shape[0], -1)
 
@@ -243,20 +385,30 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     return new, dict(loss=loss, stage=2 * jnp.ones(()), prior_bits_per_token=loss / log2,
                      l2_grads=tree_l2(grads), l2_updates=tree_l2(updates))
 
-  def step(state, batch, key):
+  if gan_weight > 0 or lpips_weight > 0:
+    first = stage1_gan
+  else:
+    first = lambda state, batch, key, lp: stage1(state, batch, key)
+  second = lambda state, batch, key, lp: stage2(state, batch, key)
+
+  def step(state, batch, key, lp):
     key = jax.random.fold_in(key, state.step)
-    shapes = [jax.eval_shape(f, state, batch, key)[1] for f in (stage1, stage2)]
+    shapes = [jax.eval_shape(f, state, batch, key, lp)[1] for f in (first, second)]
     names = sorted(set(shapes[0]) | set(shapes[1]))
 
     def padded(f):  # both branches return every metric (the other stage's as 0)
-      def run(state, batch, key):
-        new, m = f(state, batch, key)
+      def run(state, batch, key, lp):
+        new, m = f(state, batch, key, lp)
         return new, {k: jnp.asarray(m.get(k, 0.0), jnp.float32) for k in names}
       return run
 
-    return jax.lax.cond(state.step < vq_steps, padded(stage1), padded(stage2), state, batch, key)
+    return jax.lax.cond(state.step < vq_steps, padded(first), padded(second), state, batch, key, lp)
 
-  step = jax.jit(step, donate_argnums=0)
+  jitted_step = jax.jit(step, donate_argnums=0)
+
+  def step(state, batch, key):
+    """One training step (stage 1 or 2 by state.step); the LPIPS weights ride along as an argument."""
+    return jitted_step(state, batch, key, lp)
 
   def heldout(state, image):
     """Per-example pieces of the held-out metrics."""

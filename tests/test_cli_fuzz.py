@@ -26,7 +26,10 @@ def _experiments():
 
 
 def _dataset_flag(module) -> list[str]:
-  """Point every experiment at a small offline dataset of its kind (no tfds builds in tests)."""
+  """Point every experiment at a small offline dataset of its kind (no tfds builds in tests); a module's
+  TEST_DATASET names its own (e.g. vqgan: LPIPS needs >= 16x16, so not the 8x8 digits)."""
+  if getattr(module, "TEST_DATASET", None):
+    return ["--dataset", module.TEST_DATASET]
   needs = getattr(module, "NEEDS", None)
   if needs is not None and needs.kind == "points":
     return ["--dataset", "moons"]
