@@ -32,6 +32,8 @@ from experiments import vqvae
 
 VARIANTS = vqvae.VARIANTS
 RULES = vqvae.RULES
+NEEDS = vqvae.NEEDS
+check = vqvae.check           # the CLI's checks before anything is built: the same as vqvae's
 TEST_DATASET = "photo_crops"   # the offline dataset the CLI fuzz tests use (digits are 8x8)
 PRESETS = {k: v for k, v in vqvae.PRESETS.items() if k != "digits"}
 
