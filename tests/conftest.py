@@ -16,12 +16,10 @@ import jax
 jax.config.update("jax_num_cpu_devices", 2)
 
 _TMP = tempfile.mkdtemp(prefix="gdl_jax_tests_")
-# Each pytest-xdist worker prepares datasets in its own data dir (two workers building the same
-# tfds dataset into one dir race on its final rename); the classifier cache stays shared (its
-# trainer waits on a lock). A GDL_DATA_DIR the user set is kept.
-if "GDL_DATA_DIR" not in os.environ or os.environ.get("GDL_TESTS_OWN_DATA_DIR") == "1":
-  os.environ["GDL_DATA_DIR"] = os.path.join(_TMP, "data")
-  os.environ["GDL_TESTS_OWN_DATA_DIR"] = "1"
+# One data dir and one cache per session, shared by the pytest-xdist workers (they inherit the
+# environment): two workers preparing one dataset wait on its lock (gdl_jax.data._prepared), and
+# the classifier cache's trainer waits on its run-dir lock. A GDL_DATA_DIR the user set is kept.
+os.environ.setdefault("GDL_DATA_DIR", os.path.join(_TMP, "data"))
 os.environ.setdefault("GDL_CACHE_DIR", os.path.join(_TMP, "cache"))
 os.makedirs(os.environ["GDL_DATA_DIR"], exist_ok=True)
 

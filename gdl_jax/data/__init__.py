@@ -114,16 +114,29 @@ def _read_split(builder, split: str) -> dict:
 
 
 def _prepared(builder_cls, data_dir: str, **attrs):
-  builder = builder_cls(data_dir=data_dir, file_format="array_record")
-  for k, v in attrs.items():
-    setattr(builder, k, v)
-  if not builder.is_prepared():
-    import tensorflow_datasets as tfds
-    tfds.disable_progress_bar()
-    try:
-      builder.download_and_prepare(download_config=_offline_download_config())
-    finally:
-      tfds.enable_progress_bar()
+  """The builder, its dataset written first if needed (once: concurrent processes wait on a lock)."""
+  def make():
+    builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    for k, v in attrs.items():
+      setattr(builder, k, v)
+    return builder
+
+  builder = make()
+  if builder.is_prepared():
+    return builder
+  import fcntl
+  import tensorflow_datasets as tfds
+  # Two processes preparing one dataset into one data_dir race on tfds's final rename (seen with
+  # pytest-xdist): the second waits for the first's lock, then finds the dataset prepared.
+  with open(os.path.join(data_dir, f".{builder.name}.prepare.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = make()
+    if not builder.is_prepared():
+      tfds.disable_progress_bar()
+      try:
+        builder.download_and_prepare(download_config=_offline_download_config())
+      finally:
+        tfds.enable_progress_bar()
   return builder
 
 

@@ -104,3 +104,27 @@ def test_lfw_subset_registered_in_the_library():
   pytest.importorskip("skimage")
   ds = data.load("lfw_subset")
   assert ds.info.shape == (25, 25, 1) and len(ds.train["image"]) == 160 and len(ds.test["image"]) == 40
+
+
+def _load_digits_into(data_dir, queue):
+  try:
+    queue.put(data.load("digits", data_dir=data_dir).num_examples("train"))
+  except BaseException as e:  # reported to the parent, which fails the test
+    queue.put(repr(e))
+
+
+def test_concurrent_processes_prepare_one_dataset_once(tmp_path):
+  """Two processes loading an unprepared dataset into one data dir (pytest-xdist workers, two
+  runs started together) both get it: the second waits for the first's lock instead of racing
+  on tfds's final rename (FileExistsError)."""
+  import multiprocessing as mp
+  ctx = mp.get_context("spawn")
+  queue = ctx.Queue()
+  procs = [ctx.Process(target=_load_digits_into, args=(str(tmp_path), queue)) for _ in range(2)]
+  for p in procs:
+    p.start()
+  results = [queue.get(timeout=300) for _ in procs]
+  for p in procs:
+    p.join(timeout=60)
+  assert results == [1438, 1438], results
+  assert len(list((tmp_path / "gdl_digits").iterdir())) == 1   # one prepared version, no leftovers
