@@ -420,14 +420,30 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     prior_lp = sequence_log_prob(prior.apply({"params": state.params["prior"]}, tokens), tokens)
     return out, mse, recon_lp, prior_lp
 
+  # Held-out LPIPS of the reconstructions (VQ-VAE vs VQ-GAN) wherever the weights are installed.
+  eval_lp = lp
+  if not eval_lp and min(int(info.shape[0]), int(info.shape[1])) >= 16:
+    from gdl_jax.nn import vgg
+    if vgg.available():
+      from gdl_jax.objectives.perceptual import load_lpips_params
+      eval_lp = load_lpips_params()
+
   @jax.jit
-  def eval_step(state, batch, key):
+  def jitted_eval(state, batch, lp):
     out, mse, recon_lp, prior_lp = heldout(state, batch["image"])
-    return dict(recon_mse=jnp.mean(mse), recon_bpd=-jnp.mean(recon_lp) / (dims * log2),
-                prior_bits_per_token=-jnp.mean(prior_lp) / (length * log2),
-                bound_bits_per_dim=-jnp.mean(recon_lp + prior_lp) / (dims * log2),
-                commitment_loss=out.vq.metrics["commitment_loss"],
-                perplexity=out.vq.metrics["perplexity"], usage=out.vq.metrics["usage"])
+    metrics = dict(recon_mse=jnp.mean(mse), recon_bpd=-jnp.mean(recon_lp) / (dims * log2),
+                   prior_bits_per_token=-jnp.mean(prior_lp) / (length * log2),
+                   bound_bits_per_dim=-jnp.mean(recon_lp + prior_lp) / (dims * log2),
+                   commitment_loss=out.vq.metrics["commitment_loss"],
+                   perplexity=out.vq.metrics["perplexity"], usage=out.vq.metrics["usage"])
+    if lp:
+      target = to_signed(batch["image"], info.levels)
+      metrics["recon_lpips"] = jnp.mean(lpips_fn(lp, out.recon, target))
+    return metrics
+
+  def eval_step(state, batch, key):
+    """Held-out metrics of one batch (+ recon_lpips with the perceptual extra, images >= 16x16)."""
+    return jitted_eval(state, batch, eval_lp)
 
   @jax.jit
   def log_prob(state, batch, key):

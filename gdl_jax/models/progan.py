@@ -193,14 +193,8 @@ def _is_static_one(alpha: Scalar) -> bool:
 # ---------------------------------------------------------------------------------------------
 # the players
 
-class ProGenerator(nn.Module):
-  """z [B, Z] -> images [B, r_p, r_p, C] at the phase's resolution (see the module docstring)."""
-
-  image_shape: tuple[int, int, int]         # the full resolution (R, R, C)
-  features: tuple[int, ...]                 # channels per resolution 4, 8, ..., R
-  phase: int = -1                           # 0 = 4x4, ..., -1 = the last (R x R)
-  num_classes: int = 0                      # unconditional (read by the GAN step)
-  dtype: Any = None
+class _Phased:
+  """The phase properties both players share (their fields image_shape, features, phase)."""
 
   @property
   def last_phase(self) -> int:
@@ -209,6 +203,16 @@ class ProGenerator(nn.Module):
   @property
   def current_phase(self) -> int:
     return self.last_phase if self.phase < 0 else self.phase
+
+
+class ProGenerator(_Phased, nn.Module):
+  """z [B, Z] -> images [B, r_p, r_p, C] at the phase's resolution (see the module docstring)."""
+
+  image_shape: tuple[int, int, int]         # the full resolution (R, R, C)
+  features: tuple[int, ...]                 # channels per resolution 4, 8, ..., R
+  phase: int = -1                           # 0 = 4x4, ..., -1 = the last (R x R)
+  num_classes: int = 0                      # unconditional (read by the GAN step)
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, z: Array, labels: Optional[Array] = None, *, train: bool = False,
@@ -243,7 +247,7 @@ class ProGenerator(nn.Module):
     return fade(old, new, alpha).astype(jnp.float32)
 
 
-class ProDiscriminator(nn.Module):
+class ProDiscriminator(_Phased, nn.Module):
   """images [B, r_p, r_p, C] -> critic scores [B] (see the module docstring)."""
 
   image_shape: tuple[int, int, int]
@@ -252,14 +256,6 @@ class ProDiscriminator(nn.Module):
   mbstd_group: int = 4                      # minibatch-stddev group size (0: the whole batch)
   num_classes: int = 0
   dtype: Any = None
-
-  @property
-  def last_phase(self) -> int:
-    return _check_shape(self.image_shape, self.features, self.phase) - 1
-
-  @property
-  def current_phase(self) -> int:
-    return self.last_phase if self.phase < 0 else self.phase
 
   @nn.compact
   def __call__(self, x: Array, labels: Optional[Array] = None, *, train: bool = False,

@@ -145,6 +145,23 @@ def test_lpips_term_is_zero_for_a_perfect_reconstruction(photos):
   assert float(jnp.min(lpips(lp, x, x[::-1]))) > 0.01                    # and not zero otherwise
 
 
+@needs_lpips
+def test_heldout_metrics_add_the_reconstructions_lpips(photos):
+  """The plain VQ-VAE (no LPIPS in its loss) reports held-out recon_lpips too, so VQ-VAE and VQ-GAN
+  compare on it: the mean LPIPS of the decoded reconstructions against the images."""
+  from gdl_jax.objectives.perceptual import load_lpips_params, lpips
+  c = vqvae.get_config("tiny", "photo_crops")
+  task = vqvae.build(c, photos.info)
+  batch = _batch(photos, 4)
+  state = task.init(jax.random.PRNGKey(0), batch)
+  m = task.eval_step(state, batch, jax.random.PRNGKey(1))
+  recon = vqvae.make_model(c.model, photos.info).apply(
+      {"params": state.params["vqvae"], "vq": state.extra["vq"]}, batch["image"]).recon
+  want = lpips(load_lpips_params(), recon, to_signed(batch["image"], 256))
+  np.testing.assert_allclose(m["recon_lpips"], np.mean(want), rtol=1e-4)
+  assert float(m["recon_lpips"]) > 0.0
+
+
 def test_cli_train_both_stages_and_sample_tiny(tmp_path):
   """End to end through the CLI (LPIPS off to keep VGG16's compile out of it: the step with LPIPS is
   compiled by test_adaptive_weight_matches_autodiff_at_the_last_layer)."""
