@@ -105,6 +105,28 @@ def test_resume_across_the_stage_boundary_is_exact(tiny_task, digits, tmp_path):
   assert stages == {2: 1.0, 4: 2.0}
 
 
+def test_host_and_cond_dispatch_give_the_same_steps(digits):
+  """dispatch="host" (each stage its own jitted step, the default) and "cond" (one program under
+  lax.cond, slow on XLA:CPU) are the same function of (state, batch, key), across the boundary."""
+  c = _tiny()
+  batch = {"image": jnp.asarray(digits.train["image"][:8])}
+  runs = {}
+  for dispatch in ("host", "cond"):
+    c.dispatch = dispatch
+    task = vqvae.build(c, digits.info)
+    state, rows = task.init(jax.random.PRNGKey(0), batch), []
+    for i in range(4):                                                     # vq_steps = 2
+      state, m = task.step(state, batch, jax.random.PRNGKey(1))
+      rows.append(jax.device_get(m))
+    runs[dispatch] = jax.device_get(state), rows
+  (s_host, m_host), (s_cond, m_cond) = runs["host"], runs["cond"]
+  assert [float(m["stage"]) for m in m_host] == [1.0, 1.0, 2.0, 2.0]
+  assert [sorted(m) for m in m_host] == [sorted(m) for m in m_cond]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s_host, s_cond)
+  for a, b in zip(m_host, m_cond):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+
+
 def test_config_that_does_not_fit_the_data_is_refused(digits, tmp_path, capsys):
   with pytest.raises(ValueError, match=r"image_channels=3 \(RGB config\).*--config.model.image_channels=1"):
     vqvae.build(_tiny(image_channels=3), digits.info)
