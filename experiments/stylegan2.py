@@ -142,10 +142,13 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     x = to_signed(pad(batch)["image"], levels)
     return init_gan_state(gen, disc, gen_opt, disc_opt, key, x, latent_dim=latent_dim, ema=ema)
 
-  raw_step = make_gan_step(gen, disc, gen_opt, disc_opt, latent_dim=latent_dim, loss="nsgan",
-                           r1_weight=float(mc.r1_gamma), reg_every=k, gen_rngs=("noise", "mixing"),
-                           ema_decay=float(mc.ema_decay) if ema else None, levels=levels, jit=False)
-  step = jax.jit(lambda state, batch, key: raw_step(state, pad(batch), key), donate_argnums=0)
+  step = make_gan_step(gen, disc, gen_opt, disc_opt, latent_dim=latent_dim, loss="nsgan",
+                       r1_weight=float(mc.r1_gamma), reg_every=k, gen_rngs=("noise", "mixing"),
+                       ema_decay=float(mc.ema_decay) if ema else None, levels=levels,
+                       x_transform=lambda x, s: pad_images(x, res, value=-1.0))
+  # The real images are padded in [-1, 1] (level 0 -> -1: the same numbers as padding the levels).
+  # make_gan_step's own jit reads the lazy-R1 schedule on the host: two programs, with and without
+  # the penalty (XLA:CPU runs a conditional's convolutions far slower).
 
   @jax.jit
   def eval_step(state, batch, key):

@@ -96,3 +96,25 @@ def test_r1_and_lazy_bad_input():
     make_gan_step(gen, disc, opt, opt, latent_dim=4, r1_weight=-1.0)
   with pytest.raises(ValueError, match="independently"):
     make_gan_step(gen, Discriminator((8,), norm="batch"), opt, opt, latent_dim=4, r1_weight=1.0)
+
+
+@pytest.mark.parametrize("n_critic", [1, 2])
+def test_host_dispatched_lazy_step_equals_the_traced_schedule(n_critic):
+  """The jitted step picks its program (with / without the penalty) on the host from state.step;
+  the jit=False step (one program, lax.cond) is the same function: equal states and metrics."""
+  gen, disc = _players()
+  opt = optax.adam(0.01)
+  state0, batch = _state_and_batch(gen, disc, opt)
+  kw = dict(latent_dim=4, levels=None, x_key="x", n_critic=n_critic, r1_weight=1.0, reg_every=3)
+  host = make_gan_step(gen, disc, opt, opt, **kw)
+  traced = jax.jit(make_gan_step(gen, disc, opt, opt, jit=False, **kw))
+  with pytest.raises(ValueError, match="lazy_dispatch"):
+    make_gan_step(gen, disc, opt, opt, lazy_dispatch="switch", **kw)
+  a = b = state0
+  for s in range(6):
+    b, mb = traced(b, batch, jax.random.key(s))
+    a, ma = host(jax.tree.map(jnp.copy, a), batch, jax.random.key(s))        # host donates its input
+    assert sorted(ma) == sorted(mb)
+    for k in ma:
+      np.testing.assert_allclose(ma[k], mb[k], rtol=1e-5, atol=1e-7, err_msg=f"{k} at step {s}")
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7), a.params, b.params)
