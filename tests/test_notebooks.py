@@ -4,8 +4,9 @@ sources (fast, default suite), and every notebook executes headless with its tin
 
 import importlib.util
 import os
+import resource
 import shutil
-import sys
+import time
 
 import pytest
 
@@ -48,18 +49,20 @@ def test_sync_check_sees_an_edit(tmp_path):
   with open(py, "a") as f:
     f.write("\n# %%\nprint('an edit')\n")
   assert any("cells" in d or "differs" in d for d in sync.differences(py))
-  sync.write(py)
+  ipynb = sync.write(py)
   assert sync.differences(py) == []
+  first = open(ipynb).read()
+  assert open(sync.write(py)).read() == first   # cell ids from the sources: a re-sync is a no-op
   os.remove(tmp_path / (name + ".ipynb"))
   assert sync.differences(py) == [f"{name}.ipynb is missing"]
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes(name, tmp_path):
+def test_notebook_executes(name, tmp_path, record_property):
   """Runs the notebook in a fresh kernel (nbclient) with the tiny variants on 2 CPU devices
-  (so the sharded path runs too); a cell that raises fails the test with its traceback. The
-  executed notebook is kept in tmp_path for inspection."""
+  (so the sharded path runs too); a cell that raises, or runs past GDL_NOTEBOOK_TIMEOUT seconds
+  (default 900), fails the test with its traceback. The executed notebook is kept in tmp_path."""
   import jupytext
   import nbformat
   from nbclient import NotebookClient
@@ -69,11 +72,17 @@ def test_notebook_executes(name, tmp_path):
              PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p]),
              XLA_FLAGS=(env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip(),
              MPLBACKEND="module://matplotlib_inline.backend_inline")
-  client = NotebookClient(nb, timeout=900, kernel_name="python3",
+  timeout = int(os.environ.get("GDL_NOTEBOOK_TIMEOUT", "900"))   # seconds per cell
+  client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                           resources={"metadata": {"path": ROOT}})
+  before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
   try:
     client.execute(env=env)
   finally:
     nbformat.write(nb, str(tmp_path / (name + ".ipynb")))
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)   # the kernel, reaped at its shutdown
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  record_property("kernel_cpu_seconds", round(cpu, 1))
+  print(f"{name}: wall {time.time() - t0:.1f} s, kernel CPU {cpu:.1f} s")
   images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
   assert images >= 3, f"{name} showed {images} images inline; expected sample grids and plots"

@@ -48,10 +48,19 @@ def differences(py_path: str) -> list[str]:
 
 
 def write(py_path: str) -> str:
-  """Writes the .ipynb of `py_path` (no outputs); returns its path."""
+  """Writes the .ipynb of `py_path` (no outputs); returns its path. Cell ids are a hash of the
+  cell's source, so an unchanged cell keeps its id and a re-sync diff shows only the edits."""
+  import hashlib
+
   import jupytext
   ipynb = os.path.splitext(py_path)[0] + ".ipynb"
-  jupytext.write(jupytext.read(py_path), ipynb, fmt="ipynb")
+  nb = jupytext.read(py_path)
+  seen: dict[str, int] = {}
+  for cell in nb.cells:
+    digest = hashlib.sha1(f"{cell.cell_type}\n{cell.source}".encode()).hexdigest()[:8]
+    seen[digest] = seen.get(digest, 0) + 1
+    cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
+  jupytext.write(nb, ipynb, fmt="ipynb")
   return ipynb
 
 
@@ -68,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr)
     return 1 if problems else 0
   for py in sources():
-    print("wrote", os.path.relpath(write(py)))
+    if differences(py):
+      print("wrote", os.path.relpath(write(py)))
   return 0
 
 
