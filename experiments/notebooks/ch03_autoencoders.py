@@ -34,8 +34,12 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("gdl_jax") is None:
+  if "/OWNER/" in REPO_URL:
+    raise RuntimeError("gdl_jax is not installed: set REPO_URL above to the repository's git URL "
+                       "(or `pip install -e .` in a checkout) and run this cell again.")
   subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                   f"gdl_jax[{EXTRAS}] @ git+{REPO_URL}"], check=True)
+  # If pip upgraded jax itself, restart the runtime (Runtime > Restart session) before going on.
 
 # %%
 # Settings and small helpers.
