@@ -1,9 +1,10 @@
-"""`gdl-jax`: datasets / train / evaluate / sample / experiments.
+"""`gdl-jax`: datasets / train / evaluate / sample / report / experiments.
 
     gdl-jax datasets
     gdl-jax train vae --dataset digits --workdir runs/vae_digits --config.optimizer.lr=3e-4
     gdl-jax evaluate runs/vae_digits
     gdl-jax sample runs/vae_digits --num 64 --out samples.png
+    gdl-jax report runs/* --out report    # one static HTML page: open report/index.html
 
 Bad input (unknown verb/dataset/experiment/config key, a value of the wrong type or out of range,
 data of the wrong kind, a model too big for the machine, a bad path, an unreadable checkpoint, a run
@@ -573,6 +574,16 @@ def cmd_sample(args, overrides=()) -> int:
 QUIET_HELP = "for scripts: no progress bars or notes, only errors and the paths written"
 
 
+def cmd_report(args) -> int:
+  from gdl_jax import report
+  try:
+    page = report.write_report(args.runs, args.out, baselines=args.baselines)
+  except report.ReportError as e:
+    raise UsageError(str(e)) from e
+  print(f"wrote {page} (open it in a browser; the folder {args.out} can be moved as a whole)")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="gdl-jax", description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
@@ -629,6 +640,15 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--step", type=int, default=None,
                  help="sample the checkpoint of this step (default: the latest)")
   s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+  r = sub.add_parser("report", help="one static HTML page of runs: samples, GIFs, figures, training "
+                     "curves, metrics beside the baselines, audio/MIDI links")
+  r.add_argument("runs", nargs="+", help="run directories (or folders of them, e.g. runs)")
+  r.add_argument("--out", required=True,
+                 help="a new or empty directory (or an earlier report's, which is replaced)")
+  r.add_argument("--baselines", nargs="*", default=None,
+                 help="quality_<dataset>.json files of benchmarks/quality.py (default: the "
+                      "checkout's benchmarks/results)")
+  r.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   return p
 
 
@@ -666,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_evaluate(args, overrides)
       if args.command == "sample":
         return cmd_sample(args, overrides)
+      if args.command == "report":
+        return cmd_report(args)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError,
           PerceptualWeightsError) as e:
     print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)
