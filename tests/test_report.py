@@ -123,7 +123,7 @@ def test_report_page_lists_every_output(runs, tmp_path, capsys):
   assert 'href="runs/vae_b/audio/sample_0.wav"' in page and 'href="runs/vae_b/sample_0.mid"' in page
   assert "a &lt;b&gt; &amp; c" in page  # text samples inline, escaped
   m = json.load(open(os.path.join(a, "metrics.json")))
-  assert f"<td>{m['bits_per_dim']:.3f}</td>" in page  # the harness's columns and formats
+  assert f"<td>{m['novelty_ratio']:.3f}</td>" in page  # the harness's columns and formats
   assert not any("checkpoints" in s or "/tb/" in s for s in srcs)
 
 
