@@ -184,7 +184,7 @@ def training_curves(rows: list[dict], path: str, title: str = "", max_panels: in
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
     if len(series[k]) > 1:
-      ax.legend(fontsize=7)
+      ax.legend(fontsize=7, loc="upper right")
   for ax in list(axes.flat)[len(keys):]:
     ax.axis("off")
   if title:
