@@ -60,8 +60,8 @@ def main(argv=None) -> int:
   n = args.num_samples or min(1000, ds.num_examples("test"))
   rows: dict = {}
   t0 = time.time()
-  _, clf_state = trained_classifier(ds, progress=False)
-  feats = feature_fn(ds, progress=False)
+  _, clf_state = trained_classifier(ds)
+  feats = feature_fn(ds)
   if args.baselines_from:
     with open(args.baselines_from) as f:
       old = json.load(f)

@@ -1,9 +1,10 @@
-"""`gdl-jax`: datasets / train / evaluate / sample / experiments.
+"""`gdl-jax`: datasets / train / evaluate / sample / report / experiments.
 
     gdl-jax datasets
     gdl-jax train vae --dataset digits --workdir runs/vae_digits --config.optimizer.lr=3e-4
     gdl-jax evaluate runs/vae_digits
     gdl-jax sample runs/vae_digits --num 64 --out samples.png
+    gdl-jax report runs/* --out report    # one static HTML page: open report/index.html
 
 Bad input (unknown verb/dataset/experiment/config key, a value of the wrong type or out of range,
 data of the wrong kind, a model too big for the machine, a bad path, an unreadable checkpoint, a run
@@ -451,7 +452,7 @@ def cmd_train(args, overrides) -> int:
   if args.evaluate:
     return cmd_evaluate(argparse.Namespace(run=workdir, num_samples=None, seed=0, no_features=False,
                                            no_log_prob=False, no_samples=False, no_vgg=False, vgg=False, tag=None,
-                                           step=None))
+                                           step=None, quiet=args.quiet))
   return 0
 
 
@@ -524,7 +525,9 @@ def cmd_evaluate(args, overrides=()) -> int:
                       fix=fix)
   row = harness.markdown_table([(name + (f" [{tag}]" if tag else ""), metrics)])
   rundir.atomic_write(os.path.join(args.run, f"metrics{suffix}.md"), row + "\n", fix=fix)
-  print(row)
+  if not getattr(args, "quiet", False):
+    print(row)
+  print(f"metrics written to {os.path.join(args.run, f'metrics{suffix}.json')} (and .md)")
   return 0
 
 
@@ -568,6 +571,19 @@ def cmd_sample(args, overrides=()) -> int:
   return 0
 
 
+QUIET_HELP = "for scripts: no progress bars or notes, only errors and the paths written"
+
+
+def cmd_report(args) -> int:
+  from gdl_jax import report
+  try:
+    page = report.write_report(args.runs, args.out, baselines=args.baselines)
+  except report.ReportError as e:
+    raise UsageError(str(e)) from e
+  print(f"wrote {page} (open it in a browser; the folder {args.out} can be moved as a whole)")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="gdl-jax", description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
@@ -581,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--steps", type=int, default=None)
   t.add_argument("--workdir", default=None)
   t.add_argument("--data_dir", default=None)
-  t.add_argument("--quiet", action="store_true", help="no progress bar")
+  t.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   t.add_argument("--check", action="store_true",
                  help="validate the config, data and paths (and the model's size against the "
                       "device's memory) without training: print the resolved config, exit 0 or 2")
@@ -613,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
   e.add_argument("--step", type=int, default=None,
                  help="evaluate the checkpoint of this step (default: the latest)")
+  e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint; "
                      "--config.KEY=VALUE overrides sampler settings (e.g. model.truncation)")
   s.add_argument("run")
@@ -622,6 +639,16 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--force", action="store_true")
   s.add_argument("--step", type=int, default=None,
                  help="sample the checkpoint of this step (default: the latest)")
+  s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+  r = sub.add_parser("report", help="one static HTML page of runs: samples, GIFs, figures, training "
+                     "curves, metrics beside the baselines, audio/MIDI links")
+  r.add_argument("runs", nargs="+", help="run directories (or folders of them, e.g. runs)")
+  r.add_argument("--out", required=True,
+                 help="a new or empty directory (or an earlier report's, which is replaced)")
+  r.add_argument("--baselines", nargs="*", default=None,
+                 help="quality_<dataset>.json files of benchmarks/quality.py (default: the "
+                      "checkout's benchmarks/results)")
+  r.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   return p
 
 
@@ -636,7 +663,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-  from gdl_jax import runtime
+  from gdl_jax import progress, runtime
   runtime.apply_xla_defaults()  # before the first computation; a no-op once a backend is running
   from gdl_jax.data.info import DataError
   from gdl_jax.nn.vgg import PerceptualWeightsError
@@ -648,16 +675,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     if overrides and args.command not in ("train", "evaluate", "sample"):
       raise UsageError("--config.KEY=VALUE overrides only apply to `train`, `evaluate` and `sample`.")
-    if args.command == "datasets":
-      return cmd_datasets(args)
-    if args.command == "experiments":
-      return cmd_experiments(args)
-    if args.command == "train":
-      return cmd_train(args, overrides)
-    if args.command == "evaluate":
-      return cmd_evaluate(args, overrides)
-    if args.command == "sample":
-      return cmd_sample(args, overrides)
+    with progress.quiet(getattr(args, "quiet", False)):
+      if args.command == "datasets":
+        return cmd_datasets(args)
+      if args.command == "experiments":
+        return cmd_experiments(args)
+      if args.command == "train":
+        return cmd_train(args, overrides)
+      if args.command == "evaluate":
+        return cmd_evaluate(args, overrides)
+      if args.command == "sample":
+        return cmd_sample(args, overrides)
+      if args.command == "report":
+        return cmd_report(args)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError,
           PerceptualWeightsError) as e:
     print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)

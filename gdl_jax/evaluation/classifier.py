@@ -8,6 +8,8 @@ The first call trains the classifier (a few minutes on CPU for digits) into the 
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -88,11 +90,15 @@ _RESTORED: dict = {}  # (directory, dataset, variant) -> (task, state), per proc
 
 
 def trained_classifier(dataset, *, directory: str | None = None, variant: str = "default",
-                       progress: bool = True):
-  """(task, state) of the dataset's CNN, trained into the cache on first use."""
+                       progress: bool | None = None):
+  """(task, state) of the dataset's CNN, trained into the cache on first use (saying so on stderr,
+  with a progress bar, unless progress=False or gdl_jax.progress is quiet; None: the latter)."""
   import json
   import os
+  from gdl_jax import progress as progress_lib
   from gdl_jax.train import loop
+  if progress is None:
+    progress = progress_lib.enabled()
   directory = directory or os.path.join(cache_dir(), "classifiers", f"{dataset.info.name}_{variant}")
   key = (os.path.abspath(directory), dataset.info.name, variant)
   if key in _RESTORED:  # feature_fn and label_fn of one evaluation: restore the checkpoint once
@@ -100,17 +106,26 @@ def trained_classifier(dataset, *, directory: str | None = None, variant: str = 
   config = classifier_config(variant, dataset.info.name)
   task = classifier_task(config, dataset.info)
   done = os.path.join(directory, "done.json")
+  said = False
   while True:
     if os.path.exists(done):
       state, _ = loop.latest_state(task, config, dataset, directory)
       _RESTORED[key] = task, state
       return task, state
+    if progress and said is False:
+      said = True
+      print(f"training the {dataset.info.name} feature classifier for the Fréchet distance "
+            f"({config.steps} steps, once; cached in {directory})", file=sys.stderr, flush=True)
     try:
-      state = loop.fit(task, config, dataset, directory, experiment="classifier", progress=progress,
-                       write_samples=False)
+      state = loop.fit(task, config, dataset, directory, experiment="classifier",
+                       progress=progress, write_samples=False)
       break
     except loop.RunDirBusyError:  # another process (e.g. a parallel test) is training it: wait
       import time
+      if progress and said is not None:
+        said = None
+        print(f"another process is training it in {directory}; waiting for it", file=sys.stderr,
+              flush=True)
       time.sleep(2.0)
   ev = loop.evaluate_heldout(task, state, dataset, _full_test(config, dataset),
                              loop.sharding.make_mesh(), jax.random.key(0))

@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from gdl_jax import progress
 from gdl_jax.data.info import Dataset
 from gdl_jax.evaluation import metrics as M
 
@@ -41,7 +42,8 @@ def held_out_nll(dataset: Dataset, log_prob_fn: LogProbFn, key: jax.Array, *,
   """-log p(x) in nats for every test example [N_test], in fixed-size batches (last one padded)."""
   n = dataset.num_examples("test")
   out = []
-  for b, start in enumerate(range(0, n, batch_size)):
+  starts = range(0, n, batch_size)
+  for b, start in enumerate(progress.bar(starts, desc="held-out log-likelihood", unit="batch")):
     idx = np.arange(start, start + batch_size)
     valid = int(np.sum(idx < n))
     batch = _slice(dataset.test, np.minimum(idx, n - 1))   # pad with the last example: one shape
@@ -69,9 +71,10 @@ def _check_samples(dataset: Dataset, samples, n: int) -> np.ndarray:
   return x
 
 
-def _features(feature_fn: FeatureFn, x: np.ndarray, batch_size: int) -> np.ndarray:
+def _features(feature_fn: FeatureFn, x: np.ndarray, batch_size: int, desc: str = "features") -> np.ndarray:
+  starts = range(0, len(x), batch_size)
   return np.concatenate([np.asarray(feature_fn(x[i:i + batch_size]), np.float64)
-                         for i in range(0, len(x), batch_size)])
+                         for i in progress.bar(starts, desc=desc, unit="batch")])
 
 
 def evaluate(dataset: Dataset, *, sample_fn: Optional[SampleFn] = None,
@@ -100,23 +103,29 @@ def evaluate(dataset: Dataset, *, sample_fn: Optional[SampleFn] = None,
     if info.kind in ("image", "text"):
       out["bits_per_dim"] = float(M.bits_per_dim(np.mean(nll), info.dims))
   if sample_fn is not None or samples is not None:
-    x = samples if samples is not None else sample_fn(k_s, num_samples)
-    x = _check_samples(dataset, x, num_samples if samples is None else len(np.asarray(x)))
+    if samples is None:
+      with progress.ticker(f"drawing {num_samples} samples"):
+        x = _check_samples(dataset, sample_fn(k_s, num_samples), num_samples)
+    else:
+      x = _check_samples(dataset, samples, len(np.asarray(samples)))
     xkey = dataset.x_key
     test_x, train_x = np.asarray(dataset.test[xkey]), np.asarray(dataset.train[xkey])
     n_real = min(len(x), len(test_x))
     real = test_x[np.sort(M.numpy_rng(k_real).choice(len(test_x), n_real, replace=False))]
     if feature_fn is not None and info.kind == "image":
-      out["frechet_distance"] = M.frechet_distance(_features(feature_fn, x, batch_size),
-                                                   _features(feature_fn, real, batch_size))
+      out["frechet_distance"] = M.frechet_distance(
+          _features(feature_fn, x, batch_size, "classifier features (samples)"),
+          _features(feature_fn, real, batch_size, "classifier features (held-out)"))
     if info.kind == "image":
       for name, fn in (extra_feature_fns or {}).items():
-        out[name] = M.frechet_distance(_features(fn, x, batch_size), _features(fn, real, batch_size))
+        out[name] = M.frechet_distance(_features(fn, x, batch_size, f"{name} features (samples)"),
+                                       _features(fn, real, batch_size, f"{name} features (held-out)"))
     if info.kind in ("image", "points"):
       ref = train_x
       if train_subset is not None and train_subset < len(train_x):
         ref = train_x[np.sort(M.numpy_rng(k_train).choice(len(train_x), train_subset, replace=False))]
-      out.update(M.novelty(x, ref, real, batch=batch_size))
+      with progress.ticker(f"nearest neighbours in {len(ref)} training examples (novelty)"):
+        out.update(M.novelty(x, ref, real, batch=batch_size))
     out["copy_share"] = M.exact_copy_share(x, train_x)
     out["num_samples"] = int(len(x))
   out["eval_seconds"] = time.time() - t0
@@ -135,7 +144,7 @@ def _pick_mixture_k(x, levels, ks, iters, key, val_fraction):
   n_val = max(1, int(round(len(x) * val_fraction)))
   tr, va = x[perm[n_val:]], x[perm[:n_val]]
   scores = {}
-  for k in ks:
+  for k in progress.bar(ks, desc=f"EM mixtures ({iters} iterations), k on validation", unit="k"):
     params, _ = B.fit_mixture(tr, levels, k, iters, jax.random.fold_in(key, k))
     scores[k] = float(np.mean(B.mixture_log_prob(params, va)))
   return max(scores, key=scores.get), scores
@@ -179,6 +188,7 @@ def baseline_table(dataset: Dataset, feature_fn: Optional[FeatureFn] = None, *, 
 
   keys = jax.random.split(key, 8)
   which = set(which)
+  progress.note(f"fitting the baselines {', '.join(sorted(which))} on {info.name} and evaluating each")
   if "independent" in which:
     t = time.time()
     p = B.fit_independent(x, levels)
@@ -187,7 +197,8 @@ def baseline_table(dataset: Dataset, feature_fn: Optional[FeatureFn] = None, *, 
   if "mixture" in which:
     t = time.time()
     best_k, _ = _pick_mixture_k(x, levels, tuple(mixture_ks), em_iters, keys[1], val_fraction)
-    pm, _ = B.fit_mixture(x, levels, best_k, em_iters, keys[2])
+    with progress.ticker(f"EM mixture k={best_k} on all {len(x)} training images"):
+      pm, _ = B.fit_mixture(x, levels, best_k, em_iters, keys[2])
     run(f"mixture of categoricals (k={best_k})", lambda b, k: B.mixture_log_prob(pm, b["image"]),
         lambda k, n: B.mixture_sample(pm, k, n), keys[3], fit_seconds=time.time() - t)
   if "gmm" in which:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdl_jax import sharding
+from gdl_jax import progress, sharding
 
 
 def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None = None,
@@ -49,7 +49,7 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
   feature_fn = None
   if use_features and sample_fn is not None and dataset.info.kind == "image" and dataset.info.num_classes:
     from gdl_jax.evaluation.classifier import feature_fn as make_feature_fn
-    feature_fn = make_feature_fn(dataset, progress=False)
+    feature_fn = make_feature_fn(dataset)
 
   extra = {}
   if use_features and sample_fn is not None and use_vgg is not False:
@@ -70,9 +70,10 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
     # class-conditional models: does the classifier see the class that was asked for?
     from gdl_jax.evaluation.classifier import label_fn
     labels = np.arange(n) % int(dataset.info.num_classes)
-    x = np.asarray(jax.device_get(task.sample_labeled(state, jax.random.fold_in(keys["sample"], 1),
-                                                      jnp.asarray(labels))))
-    hit = np.asarray(label_fn(dataset, progress=False)(x)) == labels
+    with progress.ticker(f"drawing {n} class-conditional samples (label accuracy)"):
+      x = np.asarray(jax.device_get(task.sample_labeled(state, jax.random.fold_in(keys["sample"], 1),
+                                                        jnp.asarray(labels))))
+    hit = np.asarray(label_fn(dataset)(x)) == labels
     out["conditional_accuracy"] = float(np.mean(hit))
     out["conditional_accuracy_per_class"] = [float(np.mean(hit[labels == k]))
                                              for k in range(int(dataset.info.num_classes))]

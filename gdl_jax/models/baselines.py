@@ -351,20 +351,28 @@ def sklearn_sample(model, key: jax.Array, n: int, shape: Sequence[int], levels: 
 
 
 def _select(fit_fn, grid, x, levels, key, val_fraction, *, grow: float | None = None,
-            limits: tuple[float, float] = (0.0, np.inf)):
+            limits: tuple[float, float] = (0.0, np.inf), desc: str = "fit"):
   """Fits fit_fn(y_train, value) for each value on a validation split; refits the best on all of x.
 
   grow: when the best value sits at an end of the grid, keep stepping past that end by this factor
   while the validation score improves (and the value stays inside limits), so a grid sized for one
-  dataset still finds the optimum of another.
+  dataset still finds the optimum of another. Progress (gdl_jax.progress): one bar of the fits, `desc`.
   """
+  from gdl_jax import progress
   k_split, k_fit, k_val = jax.random.split(key, 3)
   y = _dequantized_flat(k_fit, x, levels)
   scores = {}
+  bar = progress.bar(desc=desc, total=len(grid) + 1 if len(grid) > 1 else 1, unit="fit")
+
+  def score(v):
+    bar.set_postfix_str(f"{v:.3g} on validation")
+    out = float(np.mean(fit_fn(y[tr], v).score_samples(y_val)))
+    bar.update(1)
+    return out
+
   if len(grid) > 1:
     tr, va = _split(len(y), val_fraction, k_split)
     y_val = _dequantized_flat(k_val, np.asarray(x)[va], levels)
-    score = lambda v: float(np.mean(fit_fn(y[tr], v).score_samples(y_val)))
     for v in grid:
       scores[v] = score(v)
     best = max(scores, key=scores.get)
@@ -372,11 +380,15 @@ def _select(fit_fn, grid, x, levels, key, val_fraction, *, grow: float | None = 
       for edge, step in ((max(grid), grow), (min(grid), 1.0 / grow)):
         while best == edge and limits[0] <= edge * step <= limits[1]:
           edge = edge * step
+          bar.total += 1
           scores[edge] = score(edge)
           best = max(scores, key=scores.get)
   else:
     best = grid[0]
+  bar.set_postfix_str(f"best {best:.3g}, refit on all {len(y)}")
   model = fit_fn(y, best)
+  bar.update(1)
+  bar.close()
   model.selection_ = {"best": best, "val_log_density": scores}
   return model
 
@@ -393,7 +405,8 @@ def fit_gmm(x, levels: int, key: jax.Array, n_components: Sequence[int] = (1, 2,
     return GaussianMixture(k, covariance_type=covariance_type, reg_covar=reg_covar,
                            max_iter=max_iter, random_state=seed).fit(y)
 
-  return _select(fit, tuple(n_components), x, levels, key, val_fraction)
+  return _select(fit, tuple(n_components), x, levels, key, val_fraction,
+                 desc="GaussianMixture components")
 
 
 @_one_blas_thread
@@ -415,4 +428,5 @@ def fit_kde(x, levels: int, key: jax.Array, bandwidths: Sequence[float] | None =
     return KernelDensity(kernel="gaussian", bandwidth=h).fit(y)
 
   grow = float(np.geomspace(0.5, 4.0, 13)[1] / 0.5) if default else None
-  return _select(fit, tuple(bandwidths), x, levels, key, val_fraction, grow=grow, limits=(1e-6, 2.0))
+  return _select(fit, tuple(bandwidths), x, levels, key, val_fraction, grow=grow, limits=(1e-6, 2.0),
+                 desc="KernelDensity bandwidth search")

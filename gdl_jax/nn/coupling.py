@@ -2,15 +2,15 @@
 
 Every layer is a Linen module `layer(x, reverse=False) -> (y, logdet [B])`: `reverse=False` maps
 data -> latent with log|det dy/dx|, `reverse=True` maps latent -> data with log|det dx/dy| (so the
-two log-dets of a round trip cancel). The affine maps themselves are distrax bijectors
-(`ScalarAffine` inside `Block` / `MaskedCoupling`); the modules hold their parameters.
+two log-dets of a round trip cancel). The affine maps are the elementwise `affine` below (the
+same arithmetic as distrax's ScalarAffine inside Block / MaskedCoupling, without its dependency on a
+nightly TensorFlow Probability); the modules hold their parameters.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,8 +65,18 @@ class Squeeze(nn.Module):
     return y, jnp.zeros(x.shape[:1], x.dtype)
 
 
-def _run(bijector: distrax.Bijector, x: Array, reverse: bool) -> tuple[Array, Array]:
-  return bijector.inverse_and_log_det(x) if reverse else bijector.forward_and_log_det(x)
+def affine(x: Array, shift: Array, log_scale: Array, reverse: bool) -> tuple[Array, Array]:
+  """Elementwise y = exp(log_scale) * x + shift and log|dy/dx| = log_scale (broadcast to the
+  result's shape); reverse: x = exp(-log_scale) * (y - shift) and -log_scale."""
+  shape = jnp.broadcast_shapes(jnp.shape(x), jnp.shape(shift), jnp.shape(log_scale))
+  if reverse:
+    return jnp.exp(-log_scale) * (x - shift), jnp.broadcast_to(-log_scale, shape)
+  return jnp.exp(log_scale) * x + shift, jnp.broadcast_to(log_scale, shape)
+
+
+def _sum_event(log_det: Array, event_ndims: int) -> Array:
+  """Sums the last event_ndims axes (one log-det per example)."""
+  return jnp.sum(log_det, axis=tuple(range(-event_ndims, 0))) if event_ndims else log_det
 
 
 class ActNorm(nn.Module):
@@ -92,8 +102,8 @@ class ActNorm(nn.Module):
 
     log_scale = self.param("log_scale", init_log_scale, (c,))  # [C]
     shift = self.param("shift", init_shift, (c,))  # [C]
-    bij = distrax.Block(distrax.ScalarAffine(shift=shift, log_scale=log_scale), x.ndim - 1)
-    return _run(bij, x, reverse)
+    y, log_det = affine(x, shift, log_scale, reverse)
+    return y, _sum_event(log_det, x.ndim - 1)
 
 
 class MLP(nn.Module):
@@ -170,8 +180,7 @@ class AffineCoupling(nn.Module):
       log_s = s_scale * jnp.tanh(raw[..., :c])
       return log_s, raw[..., c:]
 
-    bij = distrax.MaskedCoupling(
-        mask=self.make_mask(x.shape), conditioner=conditioner,
-        bijector=lambda p: distrax.ScalarAffine(shift=p[1], log_scale=p[0]),
-        event_ndims=x.ndim - 1)
-    return _run(bij, x, reverse)
+    mask = self.make_mask(x.shape)
+    log_s, shift = conditioner(jnp.where(mask, x, 0.0))  # the kept entries only (same both ways)
+    y, log_det = affine(x, shift, log_s, reverse)
+    return jnp.where(mask, x, y), _sum_event(jnp.where(mask, 0.0, log_det), x.ndim - 1)

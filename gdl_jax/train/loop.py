@@ -355,10 +355,13 @@ def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_s
                ([bar.close] if bar is not None else []), raise_first=done)
   if step == total and write_samples and task.sample is not None and sharding.is_writer():
     local = sharding.host_local(state)  # multi-host: process 0 samples alone, from its own copy
-    _write_samples(task, local, dataset, config, workdir, keys["sample"])
-    _write_progress_gif(workdir)
-    if task.write_artifacts is not None:
-      task.write_artifacts(local, dataset, workdir, keys["sample"])
+    from gdl_jax import progress as progress_lib
+    with progress_lib.ticker("writing samples" + (" and figures" if task.write_artifacts else ""),
+                             delay=2.0) if progress else contextlib.nullcontext():
+      _write_samples(task, local, dataset, config, workdir, keys["sample"])
+      _write_progress_gif(workdir)
+      if task.write_artifacts is not None:
+        task.write_artifacts(local, dataset, workdir, keys["sample"])
   if sharding.is_writer():
     rundir.atomic_write(os.path.join(workdir, "train_time.json"),
                         json.dumps({"steps_this_call": step - start, "seconds": time.time() - t0}))
