@@ -9,6 +9,12 @@ fashion_mnist_inverted / digits_transposed (a known map f, presented unpaired), 
 (32x32 crops of two scikit-image photos), apple2orange (the book's, tfds, when prepared), and any
 pair:<base>:<class A>:<class B> or map:<base>:<f>.
 Variants: default, small (a CPU budget), tiny (tests).
+Acceptance runs (issue 16; not measured yet: the shared CPU gave this branch's runs ~1% of a core):
+      gdl-jax train cyclegan --dataset fashion_sneaker_boot --variant small --steps 1000 --workdir R1
+      gdl-jax train cyclegan --dataset digits_inverted --variant small --steps 500 --workdir R2
+      gdl-jax evaluate R1; gdl-jax evaluate R2
+  targets: target_accuracy_ab >= 0.85, cycle_mae < 0.05, fd_ab < fd_ab_untranslated (R1);
+  mse_ab <= mse_identity_ab / 4 (R2).
 
 Two generators G: A -> B and F: B -> A (model.generator: "resnet", c7s1-k / d2k / residual
 blocks / u / c7s1 with instance norm, or "unet"; gdl_jax.models.cyclegan) and two PatchGAN critics
