@@ -549,6 +549,10 @@ def cmd_sample(args, overrides=()) -> int:
     apply_overrides(config, list(overrides))
     check_run(module, name, config, dataset, defaults=get_config(module, "default", config.dataset))
   task = _build(module, config, dataset.info)
+  if task.sample is None and task.translate is not None:
+    raise UsageError(f"experiment {name!r} translates images between two domains rather than sampling: "
+                     f"its grids are translations_ab.png / translations_ba.png in {args.run}, its "
+                     f"metrics come from `gdl-jax evaluate {args.run}`.")
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
   state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)

@@ -155,7 +155,7 @@ def optimizer_rules(prefix: str = "optimizer") -> dict[str, Rule]:
       "lr": POSITIVE, "b1": DECAY, "b2": DECAY, "eps": POSITIVE,
       "weight_decay": NON_NEGATIVE, "clip_norm": NON_NEGATIVE,
       "clip_value": NON_NEGATIVE, "warmup_steps": NON_NEGATIVE_INT,
-      "final_lr_frac": FRACTION, "momentum": NON_NEGATIVE}.items()}
+      "final_lr_frac": FRACTION, "decay_start_frac": FRACTION, "momentum": NON_NEGATIVE}.items()}
 
 
 COMMON_RULES: dict[str, Rule] = {
@@ -187,7 +187,7 @@ class Needs:
         (not self.labels or bool(info.num_classes)) and (self.kind != "text" or bool(info.vocab))
     if ok:
       return None
-    want = ("a labelled " if self.labels else "an " if self.kind == "image" else "a ") + self.kind + \
+    want = ("a labelled " if self.labels else "an " if self.kind[0] in "aeiou" else "a ") + self.kind + \
         " dataset" + (" with integer levels" if self.levels else "")
     have = f"{info.name!r} is a{'n' if info.kind[0] in 'aeiou' else ''} {info.kind} dataset" + \
         (" without labels" if self.labels and info.kind == self.kind else "")

@@ -10,11 +10,16 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """constant / cosine / linear decay after an optional linear warm-up."""
+  """constant / cosine / linear decay after an optional linear warm-up.
+
+  decay_start_frac (optional key, default 0): the decay holds lr until this fraction of the steps
+  (CycleGAN's recipe: 0.5, constant for the first half, linear to 0 over the second).
+  """
   lr = float(cfg.lr)
   warmup = int(cfg.get("warmup_steps", 0))
   kind = cfg.get("schedule", "constant")
-  decay_steps = max(int(total_steps) - warmup, 1)
+  hold = max(int(round(float(cfg.get("decay_start_frac", 0.0)) * int(total_steps))) - warmup, 0)
+  decay_steps = max(int(total_steps) - warmup - hold, 1)
   if kind == "constant":
     main = optax.constant_schedule(lr)
   elif kind == "cosine":
@@ -23,6 +28,8 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     main = optax.linear_schedule(lr, lr * float(cfg.get("final_lr_frac", 0.0)), decay_steps)
   else:
     raise ValueError(f"optimizer.schedule={kind!r} is unknown; use 'constant', 'cosine' or 'linear'.")
+  if hold and kind != "constant":
+    main = optax.join_schedules([optax.constant_schedule(lr), main], [hold])
   if warmup:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
   return main

@@ -63,6 +63,9 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
 def _load_cached(name: str, data_dir: str) -> Dataset:
   if name in _LOADERS:
     return _LOADERS[name](data_dir)
+  if name.split(":")[0] in ("pair", "map"):   # two unpaired domains made from a dataset
+    from gdl_jax.data import unpaired
+    return unpaired.load_spec(name, data_dir)
   return _from_prepared_tfds(name, data_dir)
 
 
@@ -90,7 +93,7 @@ _STATUS: dict[str, Callable[[str], str]] = {}
 
 def _import_optional_sources():
   """Text/photo sources register themselves on import when their modules exist."""
-  for mod in ("gdl_jax.data.text", "gdl_jax.data.photos"):
+  for mod in ("gdl_jax.data.text", "gdl_jax.data.photos", "gdl_jax.data.unpaired"):
     try:
       __import__(mod)
     except ImportError:

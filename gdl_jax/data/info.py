@@ -20,6 +20,11 @@ class DatasetInfo:
   shape: one example's shape: (H, W, C), (D,) or (T,).
   levels: number of discrete values per pixel (17 for digits, 256 for 8-bit images); None if continuous.
   vocab: the tokens of a text dataset, index = token id.
+  kind "unpaired" (two image domains, gdl_jax.data.unpaired): splits hold "a" and "b" images of
+  `shape` (same count, no pairing); domains: the two domains' names; base: the labelled dataset they
+  come from (its classifier judges translations); domain_classes: the base's class of A and of B
+  (class pairs); mapping: the known map b = f(a) ("invert", "transpose", "swap_rb", each its own
+  inverse), whose test split also holds "a_mapped" = f(a) and "b_mapped" = f(b).
   """
 
   name: str
@@ -30,6 +35,10 @@ class DatasetInfo:
   class_names: tuple[str, ...] = ()
   source: str = ""
   vocab: tuple[str, ...] = ()
+  domains: tuple[str, ...] = ()
+  base: str = ""
+  domain_classes: tuple[int, ...] = ()
+  mapping: str = ""
 
   @property
   def dims(self) -> int:
@@ -38,7 +47,8 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Train and test splits as dicts of numpy arrays ("image"/"x"/"tokens", optional "label")."""
+  """Train and test splits as dicts of numpy arrays ("image"/"x"/"tokens", optional "label";
+  "a"/"b" for two unpaired image domains)."""
 
   info: DatasetInfo
   train: dict
@@ -46,7 +56,7 @@ class Dataset:
 
   @property
   def x_key(self) -> str:
-    return {"image": "image", "points": "x", "text": "tokens"}[self.info.kind]
+    return {"image": "image", "points": "x", "text": "tokens", "unpaired": "a"}[self.info.kind]
 
   def num_examples(self, split: str = "train") -> int:
     return len(getattr(self, split)[self.x_key])

@@ -30,7 +30,15 @@ DEFAULT_COLUMNS = (("bits/dim", "bits_per_dim", "{:.3f}"), ("FD", "frechet_dista
                    ("nll (nats)", "nll", "{:.4g}"))
 # Shown only when some row has them.
 OPTIONAL_COLUMNS = (("FD VGG16", "fd_vgg16", "{:.2f}"),
-                    ("label accuracy", "conditional_accuracy", "{:.3f}"))
+                    ("label accuracy", "conditional_accuracy", "{:.3f}"),
+                    # image-to-image translation (gdl_jax.evaluation.translation)
+                    ("cycle MAE", "cycle_mae", "{:.4f}"),
+                    ("target class A->B", "target_accuracy_ab", "{:.3f}"),
+                    ("target class B->A", "target_accuracy_ba", "{:.3f}"),
+                    ("FD A->B", "fd_ab", "{:.2f}"),
+                    ("FD A->B untranslated", "fd_ab_untranslated", "{:.2f}"),
+                    ("MSE to f", "mse_ab", "{:.4f}"),
+                    ("MSE identity", "mse_identity_ab", "{:.4f}"))
 
 
 def _slice(split: dict, idx) -> dict:

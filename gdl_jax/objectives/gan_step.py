@@ -37,6 +37,10 @@ Growing networks (ProGAN; step_kwargs / x_transform): the step passes step_kwarg
 feeds the critic x_transform(x, state.step) instead of the real images x (e.g. average-pooled to
 the current resolution); both default to nothing. drift_weight > 0 adds Karras et al.'s drift term
 drift_weight * mean(D(x_real)^2) to the critic's loss (keeps WGAN critic scores near 0).
+Several generators and critics, other inputs than latents (CycleGAN; `make_two_player_step`): the
+same state layout, each player's params a dict of its networks ({"gen": {"g", "f"}, "disc": {"a",
+"b"}}), the losses supplied by the experiment; the generator updates first and hands the critic
+what it made (e.g. fakes through an image history kept in state.extra).
 Batch-norm statistics: the critic's running stats are updated by its own updates only (real and
 fake halves pass separately, as in DCGAN); the generator's by the generator update only.
 """
@@ -299,3 +303,53 @@ def make_gan_step(generator, discriminator, gen_optimizer: optax.GradientTransfo
 
   return host_step
 
+
+
+def make_two_player_step(gen_loss: Callable, disc_loss: Callable,
+                         gen_optimizer: optax.GradientTransformation,
+                         disc_optimizer: optax.GradientTransformation, *,
+                         critic_inputs: Optional[Callable] = None, jit: bool = True):
+  """The general two-player step: one generator update, then one critic update on its outputs.
+
+  Each "player" may be several networks (CycleGAN: params["gen"] = {"g": G, "f": F} and
+  params["disc"] = {"a": D_A, "b": D_B}, one optimizer over each dict).
+    gen_loss(gparams, dparams, batch, key) -> (loss, (outputs, metrics))
+        the generators' objective against the current critics (their params are constants here);
+        `outputs` (e.g. the fakes, any pytree) go on to the critic, gradient-stopped;
+    critic_inputs(extra, outputs, key) -> (extra, inputs)    (default: (extra, outputs))
+        between the updates, e.g. fakes through an image history buffer held in state.extra;
+    disc_loss(dparams, batch, inputs, key) -> (loss, metrics)
+        the critics' objective on real data and those inputs.
+  Returns `step(state, batch, key) -> (state, metrics)` (jitted, state donated; the key is folded
+  with state.step). Metrics: both losses' metrics, "loss" (= the generators' total, the loop's
+  column), l2 norms of both players' gradients / params and of the generator updates.
+  """
+
+  def step(state: TrainState, batch, key):
+    key = jax.random.fold_in(key, state.step)
+    k_gen, k_mid, k_disc = jax.random.split(key, 3)
+    gparams, dparams = state.params["gen"], state.params["disc"]
+    (g_value, (outputs, gmetrics)), ggrads = jax.value_and_grad(gen_loss, has_aux=True)(
+        gparams, dparams, batch, k_gen)
+    gupdates, gopt = gen_optimizer.update(ggrads, state.opt_state["gen"], gparams)
+    gparams = optax.apply_updates(gparams, gupdates)
+
+    outputs = jax.lax.stop_gradient(outputs)
+    extra = state.extra
+    if critic_inputs is not None:
+      extra, inputs = critic_inputs(extra, outputs, k_mid)
+    else:
+      inputs = outputs
+    (_, dmetrics), dgrads = jax.value_and_grad(disc_loss, has_aux=True)(dparams, batch, inputs, k_disc)
+    dupdates, dopt = disc_optimizer.update(dgrads, state.opt_state["disc"], dparams)
+    dparams = optax.apply_updates(dparams, dupdates)
+
+    new_state = state.replace(step=state.step + 1, params={"gen": gparams, "disc": dparams},
+                              opt_state={"gen": gopt, "disc": dopt}, extra=extra)
+    metrics = {**gmetrics, **dmetrics, "loss": g_value,
+               "l2_grads_gen": _tree_l2(ggrads), "l2_grads_disc": _tree_l2(dgrads),
+               "l2_params_gen": _tree_l2(gparams), "l2_params_disc": _tree_l2(dparams),
+               "l2_updates_gen": _tree_l2(gupdates)}
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=0) if jit else step

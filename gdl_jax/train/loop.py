@@ -353,13 +353,15 @@ def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_s
   finally:
     _close_all([mngr.wait_until_finished, mngr.close, writer.close] +
                ([bar.close] if bar is not None else []), raise_first=done)
-  if step == total and write_samples and task.sample is not None and sharding.is_writer():
+  if step == total and write_samples and (task.sample is not None or task.write_artifacts is not None) \
+      and sharding.is_writer():
     local = sharding.host_local(state)  # multi-host: process 0 samples alone, from its own copy
     from gdl_jax import progress as progress_lib
     with progress_lib.ticker("writing samples" + (" and figures" if task.write_artifacts else ""),
                              delay=2.0) if progress else contextlib.nullcontext():
-      _write_samples(task, local, dataset, config, workdir, keys["sample"])
-      _write_progress_gif(workdir)
+      if task.sample is not None:
+        _write_samples(task, local, dataset, config, workdir, keys["sample"])
+        _write_progress_gif(workdir)
       if task.write_artifacts is not None:
         task.write_artifacts(local, dataset, workdir, keys["sample"])
   if sharding.is_writer():

@@ -39,6 +39,10 @@ class Task:
   sample_labeled(state, key, labels [n]) -> array    (optional; class-conditional models: one
                                                       sample of each requested class; the harness
                                                       reports how often the classifier agrees)
+  translate(state, images, direction) -> images      (optional; image-to-image models on two
+                                                      domains, CycleGAN: images of domain A as
+                                                      integer levels -> B's for direction "ab",
+                                                      B -> A for "ba"; the harness scores them)
   """
 
   init: Callable[[jax.Array, Batch], TrainState]
@@ -48,6 +52,7 @@ class Task:
   log_prob: Optional[Callable[[TrainState, Batch, jax.Array], jax.Array]] = None
   features: Optional[Callable[[TrainState, jax.Array], jax.Array]] = None
   sample_labeled: Optional[Callable[[TrainState, jax.Array, jax.Array], jax.Array]] = None
+  translate: Optional[Callable[[TrainState, jax.Array, str], jax.Array]] = None
   # Extra artefacts an experiment writes after training (reconstructions, latent plots, ...):
   # write_artifacts(state, data, workdir, key) -> None
   write_artifacts: Optional[Callable[..., None]] = None
