@@ -1,10 +1,12 @@
-"""`gdl-jax`: datasets / train / evaluate / sample / report / experiments.
+"""`gdl-jax`: datasets / train / evaluate / sample / report / paint / experiments.
 
     gdl-jax datasets
     gdl-jax train vae --dataset digits --workdir runs/vae_digits --config.optimizer.lr=3e-4
     gdl-jax evaluate runs/vae_digits
     gdl-jax sample runs/vae_digits --num 64 --out samples.png
     gdl-jax report runs/* --out report    # one static HTML page: open report/index.html
+    gdl-jax paint --content photo.jpg --style painting.jpg --out painted.png   (Gatys et al.)
+    gdl-jax paint --model runs/style_net --content photo.jpg --out painted.png (a trained style net)
 
 Bad input (unknown verb/dataset/experiment/config key, a value of the wrong type or out of range,
 data of the wrong kind, a model too big for the machine, a bad path, an unreadable checkpoint, a run
@@ -588,6 +590,94 @@ def cmd_report(args) -> int:
   return 0
 
 
+PAINT_CONTENT = "skimage:chelsea"
+PAINT_STYLE = "skimage:immunohistochemistry"
+
+
+def _check_float_flag(flag: str, value: float, *, positive: bool = False) -> None:
+  import math
+  if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    raise UsageError(f"{flag} {value} must be a finite number {'> 0' if positive else '>= 0'}.")
+
+
+def cmd_paint(args) -> int:
+  """Neural style transfer: Gatys et al.'s optimisation of the image (default), or one pass of a
+  trained style network (--model RUN, a `gdl-jax train style_net` run)."""
+  import time
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from gdl_jax.data.images import WRITE_FORMATS, read_image, write_image
+  from gdl_jax.train import rundir
+  _check_int_flag("--size", args.size, 16, 8192)
+  _check_int_flag("--style_size", args.style_size, 16, 8192)
+  _check_int_flag("--steps", args.steps, 1, 100_000)
+  _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
+  for flag in ("content_weight", "style_weight", "tv_weight"):
+    _check_float_flag(f"--{flag}", getattr(args, flag))
+  _check_float_flag("--lr", args.lr, positive=True)
+  _check_new_path("--out", args.out, directory=False)
+  if os.path.splitext(args.out)[1].lower() not in WRITE_FORMATS:
+    raise UsageError(f"--out {args.out!r}: the extension must be one of {', '.join(WRITE_FORMATS)} "
+                     "(e.g. painted.png).")
+  if os.path.exists(args.out) and not args.force:
+    raise UsageError(f"{args.out} exists; pass --force to overwrite it or --out another path.")
+  content = read_image(args.content, args.size, min_side=16, what="content image (--content)")
+  if args.model is not None:
+    given = [f for f in ("style", "style_size", "optimizer", "init")
+             if getattr(args, f) is not None] + [f for f, d in (("steps", 100), ("lr", 0.02),
+                 ("content_weight", 1.0), ("style_weight", 1e3), ("tv_weight", 1e-3))
+                 if getattr(args, f) != d]
+    if given:
+      raise UsageError(f"--model runs a trained style network (its style and weights are the run's); "
+                       f"{', '.join('--' + f for f in given)} only apply without --model.")
+    from gdl_jax.train import loop
+    module, name, config, dataset = _run_context(args.model)
+    if not hasattr(module, "stylizer"):
+      raise UsageError(f"{args.model!r} is a run of {name!r}, not of a style network; pass the "
+                       "--workdir of a `gdl-jax train style_net` run.")
+    config = _tuples(config)
+    task = _build(module, config, dataset.info)
+    state, _ = loop.latest_state(task, config, dataset, args.model)
+    run = module.stylizer(config)
+    x = jnp.asarray(content)[None]
+    jax.block_until_ready(run(state.params, x))                  # compile once
+    t0 = time.perf_counter()
+    image = np.asarray(jax.block_until_ready(run(state.params, x))[0])
+    seconds = time.perf_counter() - t0
+    how = f"style network {args.model} (one pass, {seconds:.3f} s after compiling)"
+  else:
+    from gdl_jax.nn.vgg import load_vgg16_params
+    from gdl_jax.objectives.style_transfer import StyleWeights
+    from gdl_jax.samplers.style_transfer import stylize
+    style = read_image(args.style or PAINT_STYLE, args.style_size or args.size, min_side=16,
+                       what="style image (--style)")
+    weights = StyleWeights(content=args.content_weight, style=args.style_weight, tv=args.tv_weight)
+    vgg = load_vgg16_params()
+    t0 = time.perf_counter()
+    out = stylize(jnp.asarray(content), jnp.asarray(style), vgg, weights=weights, steps=args.steps,
+                  optimizer=args.optimizer or "lbfgs", lr=args.lr, init=args.init or "content",
+                  key=jax.random.key(args.seed))
+    image = np.asarray(jax.block_until_ready(out.image)[0])
+    seconds = time.perf_counter() - t0
+    losses = np.asarray(out.losses)
+    if not np.all(np.isfinite(losses)):
+      raise UsageError(f"the optimisation diverged (non-finite loss); lower --lr or the weights.")
+    how = (f"{args.optimizer or 'lbfgs'}, {args.steps} steps in {seconds:.1f} s (with compiling); "
+           f"objective {losses[0]:.4g} -> {float(out.losses[-1]):.4g}, final style loss "
+           f"{float(out.terms['style'][0]):.4g}, content loss {float(out.terms['content'][0]):.4g}")
+  try:
+    write_image(args.out, image)
+  except OSError as e:
+    err = rundir.write_error(e, os.path.dirname(os.path.abspath(args.out)),
+                             fix="pass --out with a path on a writable disk.")
+    if err is e:
+      raise
+    raise err from None
+  print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}): {how}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="gdl-jax", description=__doc__.split("\n\n")[0])
   sub = p.add_subparsers(dest="command", required=True)
@@ -653,6 +743,31 @@ def build_parser() -> argparse.ArgumentParser:
                  help="quality_<dataset>.json files of benchmarks/quality.py (default: the "
                       "checkout's benchmarks/results)")
   r.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+  pt = sub.add_parser("paint", help="neural style transfer of one image: Gatys et al.'s optimisation "
+                      "(L-BFGS or Adam), or a trained style network (--model RUN)")
+  pt.add_argument("--content", default=PAINT_CONTENT,
+                  help=f"content image file, or skimage:NAME (default {PAINT_CONTENT})")
+  pt.add_argument("--style", default=None,
+                  help=f"style image file, or skimage:NAME (default {PAINT_STYLE})")
+  pt.add_argument("--out", default="painted.png", help="output image (.png, .jpg, ...)")
+  pt.add_argument("--force", action="store_true", help="overwrite --out")
+  pt.add_argument("--size", type=int, default=256,
+                  help="longer side of the content image and the output, pixels (default 256)")
+  pt.add_argument("--style_size", type=int, default=None,
+                  help="longer side the style image is resized to (default: --size); larger "
+                       "makes the brush strokes smaller")
+  pt.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+  pt.add_argument("--optimizer", choices=("lbfgs", "adam"), default=None, help="default lbfgs")
+  pt.add_argument("--lr", type=float, default=0.02, help="Adam's learning rate (default 0.02)")
+  pt.add_argument("--content_weight", type=float, default=1.0)
+  pt.add_argument("--style_weight", type=float, default=1e3)
+  pt.add_argument("--tv_weight", type=float, default=1e-3)
+  pt.add_argument("--init", choices=("content", "noise"), default=None,
+                  help="start from the content image (default) or uniform noise")
+  pt.add_argument("--seed", type=int, default=0, help="the noise of --init noise")
+  pt.add_argument("--model", default=None,
+                  help="a `gdl-jax train style_net` run directory: stylise in one network pass")
+  pt.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   return p
 
 
@@ -692,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sample(args, overrides)
       if args.command == "report":
         return cmd_report(args)
+      if args.command == "paint":
+        return cmd_paint(args)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError,
           PerceptualWeightsError) as e:
     print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)

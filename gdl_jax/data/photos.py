@@ -6,6 +6,8 @@
   which photo: the offline stand-in for CIFAR-10 / Oxford flowers (Chapters 4 and 8). Train crops
   come from the left 70% of every scaled photo and test crops from the right 30%, so no test
   pixel is ever seen in training.
+- "photo_crops_64": the same photos and split at three larger scales, 64x64 crops: big enough to
+  carry a painting's brush strokes (the feed-forward style network of experiments/style_net.py).
 
 Both need `pip install scikit-image` (the `faces` extra).
 """
@@ -52,13 +54,36 @@ def load_lfw_subset(data_dir: str = "") -> Dataset:
                  {"image": images[test], "label": labels[test]})
 
 
-def _crops(image: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-  """n random CROPxCROP windows of image [H, W, 3] -> [n, CROP, CROP, 3]."""
+def _crops(image: np.ndarray, n: int, rng: np.random.Generator, crop: int = CROP) -> np.ndarray:
+  """n random crop x crop windows of image [H, W, 3] -> [n, crop, crop, 3]."""
   h, w = image.shape[:2]
-  if h < CROP or w < CROP:
-    raise ValueError(f"region {h}x{w} is smaller than a {CROP}x{CROP} crop.")
-  ys, xs = rng.integers(0, h - CROP + 1, n), rng.integers(0, w - CROP + 1, n)
-  return np.stack([image[y:y + CROP, x:x + CROP] for y, x in zip(ys, xs)])
+  if h < crop or w < crop:
+    raise ValueError(f"region {h}x{w} is smaller than a {crop}x{crop} crop.")
+  ys, xs = rng.integers(0, h - crop + 1, n), rng.integers(0, w - crop + 1, n)
+  return np.stack([image[y:y + crop, x:x + crop] for y, x in zip(ys, xs)])
+
+
+def _photo_crops(name: str, crop: int, scales: tuple, train_per: int, test_per: int) -> Dataset:
+  """Seeded crop x crop crops of PHOTOS at each scale (shorter side in pixels); label = the photo."""
+  sk_data, transform = _skimage_data()
+  rng = np.random.default_rng(0)
+  split = {"train": ([], []), "test": ([], [])}
+  for label, photo_name in enumerate(PHOTOS):
+    photo = np.asarray(getattr(sk_data, photo_name)())[..., :3]                    # [H, W, 3] uint8
+    for side in scales:
+      f = side / min(photo.shape[:2])
+      size = (round(photo.shape[0] * f), round(photo.shape[1] * f))
+      small = transform.resize(photo, size, anti_aliasing=True, preserve_range=True)
+      small = np.clip(np.round(small), 0, 255).astype(np.uint8)
+      cut = int(size[1] * TRAIN_FRACTION)
+      for part, region, n in (("train", small[:, :cut], train_per), ("test", small[:, cut:], test_per)):
+        split[part][0].append(_crops(region, n, rng, crop))
+        split[part][1].append(np.full(n, label, np.int32))
+  arrays = {part: {"image": np.concatenate(x), "label": np.concatenate(y)} for part, (x, y) in split.items()}
+  info = DatasetInfo(name=name, kind="image", shape=(crop, crop, 3), levels=256,
+                     num_classes=len(PHOTOS), class_names=PHOTOS,
+                     source=f"skimage.data colour photographs, {crop}x{crop} crops")
+  return Dataset(info, arrays["train"], arrays["test"])
 
 
 @register("photo_crops", f"32x32 RGB crops of scikit-image's {len(PHOTOS)} colour photos, 256 "
@@ -67,25 +92,20 @@ def _crops(image: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 def load_photo_crops(data_dir: str = "") -> Dataset:
   """Seeded crops; label = the photo (PHOTOS order)."""
   del data_dir
-  sk_data, transform = _skimage_data()
-  rng = np.random.default_rng(0)
-  split = {"train": ([], []), "test": ([], [])}
-  for label, name in enumerate(PHOTOS):
-    photo = np.asarray(getattr(sk_data, name)())[..., :3]                          # [H, W, 3] uint8
-    for side in SCALES:
-      f = side / min(photo.shape[:2])
-      size = (round(photo.shape[0] * f), round(photo.shape[1] * f))
-      small = transform.resize(photo, size, anti_aliasing=True, preserve_range=True)
-      small = np.clip(np.round(small), 0, 255).astype(np.uint8)
-      cut = int(size[1] * TRAIN_FRACTION)
-      for part, region, n in (("train", small[:, :cut], TRAIN_PER), ("test", small[:, cut:], TEST_PER)):
-        split[part][0].append(_crops(region, n, rng))
-        split[part][1].append(np.full(n, label, np.int32))
-  arrays = {part: {"image": np.concatenate(x), "label": np.concatenate(y)} for part, (x, y) in split.items()}
-  info = DatasetInfo(name="photo_crops", kind="image", shape=(CROP, CROP, 3), levels=256,
-                     num_classes=len(PHOTOS), class_names=PHOTOS,
-                     source="skimage.data colour photographs, 32x32 crops")
-  return Dataset(info, arrays["train"], arrays["test"])
+  return _photo_crops("photo_crops", CROP, SCALES, TRAIN_PER, TEST_PER)
+
+
+CROP_64, SCALES_64, TRAIN_PER_64, TEST_PER_64 = 64, (224, 288, 352), 200, 30
+
+
+@register("photo_crops_64", f"64x64 RGB crops of scikit-image's {len(PHOTOS)} colour photos, 256 "
+          f"levels, {len(PHOTOS) * len(SCALES_64) * TRAIN_PER_64}/"
+          f"{len(PHOTOS) * len(SCALES_64) * TEST_PER_64} split by image region (style transfer)")
+def load_photo_crops_64(data_dir: str = "") -> Dataset:
+  """Seeded 64x64 crops at shorter sides 224, 288, 352 (the 30% test strip of a square photo must
+  hold a 64-pixel crop); label = the photo (PHOTOS order)."""
+  del data_dir
+  return _photo_crops("photo_crops_64", CROP_64, SCALES_64, TRAIN_PER_64, TEST_PER_64)
 
 
 def _status(_data_dir: str) -> str:
@@ -96,4 +116,4 @@ def _status(_data_dir: str) -> str:
   return "offline"
 
 
-_STATUS["lfw_subset"] = _STATUS["photo_crops"] = _status
+_STATUS["lfw_subset"] = _STATUS["photo_crops"] = _STATUS["photo_crops_64"] = _status
