@@ -69,7 +69,7 @@ def test_total_variation_term_by_hand(vgg, pair):
 def test_style_loss_is_zero_for_the_style_image_and_content_loss_for_the_content(vgg, pair):
   content, style = pair
   targets = S.style_targets(vgg, content, style)
-  at_style = S.style_transfer_terms(vgg, style, targets)
+  at_style = S.style_transfer_terms(vgg, style, S.style_targets(vgg, style, style))  # its own content
   at_content = S.style_transfer_terms(vgg, content, targets)
   assert float(at_content["style"][0]) > 1.0                       # the photo is not the texture
   np.testing.assert_allclose(at_style["style"], [0.0], atol=1e-6 * float(at_content["style"][0]))
@@ -95,7 +95,7 @@ def test_objective_gradient_matches_finite_differences(vgg):
   targets = S.style_targets(vgg, content, style, w)
   f = jax.jit(lambda x, vgg, t: S.style_transfer_loss(vgg, x, t, w)[0])
   g = jax.jit(jax.grad(lambda x, vgg, t: S.style_transfer_loss(vgg, x, t, w)[0]))(x, vgg, targets)
-  eps = 1e-2
+  eps = 1e-3
   for key in keys[3:]:
     v = jax.random.normal(key, x.shape)
     v = v / jnp.linalg.norm(v)
