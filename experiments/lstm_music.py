@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -60,7 +59,6 @@ def attention_figure(model, params, tokens, path, info):
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
-  del jnp
 
 
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
