@@ -24,6 +24,7 @@ from gdl_jax.data.info import DatasetInfo
 from gdl_jax.models.music_lstm import MusicLSTM
 from gdl_jax.train.task import Task
 
+TEST_DATASET = "chorales_tiny"   # the CLI fuzz's dataset (8 chorales; all 350 take minutes to parse)
 RULES = {"model.hidden": POSITIVE_INT, "model.window": POSITIVE_INT, "model.temperature": POSITIVE}
 
 

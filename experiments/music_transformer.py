@@ -35,6 +35,7 @@ from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
 
 NEEDS = Needs("music", hint="use chorales, folk or midi:FOLDER")
+TEST_DATASET = "chorales_tiny"   # the CLI fuzz's dataset (8 chorales; all 350 take minutes to parse)
 RULES = {"model.dim": POSITIVE_INT, "model.num_heads": POSITIVE_INT, "model.temperature": POSITIVE}
 
 

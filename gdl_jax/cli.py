@@ -542,9 +542,11 @@ def cmd_sample(args, overrides=()) -> int:
   _check_int_flag("--num", args.num, 1)
   _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
   _check_int_flag("--step", args.step, 0)
+  if args.out is not None:   # a file, or (music) a folder: checked again once the run is open
+    _check_new_path("--out", args.out, directory=True)
   module, name, config, dataset = _run_context(args.run)
-  if args.out is not None:
-    _check_new_path("--out", args.out, directory=dataset.info.kind == "music")
+  if args.out is not None and dataset.info.kind != "music":
+    _check_new_path("--out", args.out, directory=False)
   config = _tuples(config)
   if overrides:  # sampler settings (e.g. --config.model.truncation=0.7), as in `evaluate`
     _fill_added_keys(config, module)
