@@ -82,3 +82,23 @@ def last_test_metrics(workdir):
   """The last held-out row the loop wrote to metrics.jsonl."""
   rows = [r for r in loop.read_metrics(workdir) if r["split"] == "test"]
   return rows[-1] if rows else {}
+
+
+def show_curves(run_dirs, metric="loss", size=(7.0, 3.5)):
+  """Training curves, inline: `metric` against the step for each run ({title: run_dir}), its
+  training rows as a line and its held-out rows as dots, read from each run's metrics.jsonl."""
+  plt.figure(figsize=size)
+  for title, workdir in run_dirs.items():
+    rows = [r for r in loop.read_metrics(workdir) if metric in r]
+    if not rows:
+      raise ValueError(f"{workdir}/metrics.jsonl has no {metric!r}; its keys: "
+                       f"{sorted({k for r in loop.read_metrics(workdir) for k in r})}")
+    for split, style in (("train", "-"), ("test", "o")):
+      pts = [(r["step"], r[metric]) for r in rows if r["split"] == split]
+      if pts:
+        plt.plot(*zip(*pts), style, label=f"{title} ({split})")
+  plt.xlabel("step")
+  plt.ylabel(metric)
+  plt.legend()
+  plt.title(f"{metric} during training")
+  plt.show()

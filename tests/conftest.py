@@ -22,6 +22,13 @@ _TMP = tempfile.mkdtemp(prefix="gdl_jax_tests_")
 os.environ.setdefault("GDL_DATA_DIR", os.path.join(_TMP, "data"))
 os.environ.setdefault("GDL_CACHE_DIR", os.path.join(_TMP, "cache"))
 os.makedirs(os.environ["GDL_DATA_DIR"], exist_ok=True)
+# One persistent XLA compilation cache per session, shared by the workers: the CLI tests compile the
+# same tiny programs again in `evaluate` / `sample` (new jit objects, the same HLO); a hit loads the
+# executable instead of compiling it (measured: one test_cli test, 127 -> 89 s of CPU, cold cache).
+os.environ.setdefault("GDL_TEST_JAX_CACHE", os.path.join(_TMP, "jax_cache"))
+jax.config.update("jax_compilation_cache_dir", os.environ["GDL_TEST_JAX_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pytest  # noqa: E402
 

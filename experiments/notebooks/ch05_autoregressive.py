@@ -58,7 +58,8 @@ from gdl_jax import data, sharding
 from gdl_jax.evaluation import classifier, harness
 from gdl_jax.evaluation.grids import make_grid
 from gdl_jax.notebook import (FULL, WORKDIR, baselines, features, harness_metrics,
-                              last_test_metrics, over_all_devices, show, show_png)
+                              last_test_metrics, over_all_devices, show, show_curves,
+                              show_png)
 from gdl_jax.train import loop
 
 print(f"jax {jax.__version__}: {jax.device_count()} {jax.default_backend()} device(s); FULL={FULL}")
@@ -88,13 +89,20 @@ def train(module, variant):
 # GPT: KV-cached decoding).
 
 # %%
-trained = {}
+trained, run_dirs = {}, {}
 for title, module in MODELS.items():
   task, state, run_dir = train(module, "tiny")
-  trained[title] = task, state
+  trained[title], run_dirs[title] = (task, state), run_dir
   lp = np.asarray(task.log_prob(state, {k: v[:8] for k, v in ds.test.items()}, jax.random.key(0)))
   print(f"{title}: held-out {last_test_metrics(run_dir)}; log p(x) of 8 test digits: {lp.round(1)}")
   show(task.sample(state, jax.random.key(1), 64), f"{title}: samples", levels=levels)
+
+# %% [markdown]
+# The loss each model minimises is its negative log-likelihood (nats per image): the training
+# curves, from each run's metrics.jsonl.
+
+# %%
+show_curves(run_dirs, "loss")
 
 # %% [markdown]
 # ## Metrics next to the baselines
