@@ -66,6 +66,9 @@ def _load_cached(name: str, data_dir: str) -> Dataset:
   if name.split(":")[0] in ("pair", "map"):   # two unpaired domains made from a dataset
     from gdl_jax.data import unpaired
     return unpaired.load_spec(name, data_dir)
+  if name.startswith("midi:"):   # a folder of the user's MIDI files, as music tokens
+    from gdl_jax.data import music
+    return music.load_music(name, data_dir)
   return _from_prepared_tfds(name, data_dir)
 
 
@@ -93,7 +96,7 @@ _STATUS: dict[str, Callable[[str], str]] = {}
 
 def _import_optional_sources():
   """Text/photo sources register themselves on import when their modules exist."""
-  for mod in ("gdl_jax.data.text", "gdl_jax.data.photos", "gdl_jax.data.unpaired"):
+  for mod in ("gdl_jax.data.text", "gdl_jax.data.photos", "gdl_jax.data.unpaired", "gdl_jax.data.music"):
     try:
       __import__(mod)
     except ImportError:

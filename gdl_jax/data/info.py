@@ -41,6 +41,7 @@ class DatasetInfo:
   base: str = ""
   domain_classes: tuple[int, ...] = ()
   mapping: str = ""
+  duration_vocab: tuple[str, ...] = ()
 
   @property
   def dims(self) -> int:
@@ -50,16 +51,18 @@ class DatasetInfo:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """Train and test splits as dicts of numpy arrays ("image"/"x"/"tokens", optional "label";
-  "a"/"b" for two unpaired image domains)."""
+  "a"/"b" for two unpaired image domains); `valid`, where a dataset has one (music: split by
+  piece), is for choosing hyperparameters such as the n-gram baselines' smoothing."""
 
   info: DatasetInfo
   train: dict
   test: dict
+  valid: Optional[dict] = None
 
   @property
   def x_key(self) -> str:
     return {"image": "image", "points": "x", "text": "tokens", "unpaired": "a",
-            "pianoroll": "roll"}[self.info.kind]
+            "music": "tokens", "pianoroll": "roll"}[self.info.kind]
 
   def num_examples(self, split: str = "train") -> int:
     return len(getattr(self, split)[self.x_key])
