@@ -541,8 +541,6 @@ def cmd_sample(args, overrides=()) -> int:
   _check_int_flag("--num", args.num, 1)
   _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
   _check_int_flag("--step", args.step, 0)
-  if args.out is not None:
-    _check_new_path("--out", args.out, directory=False)
   module, name, config, dataset = _run_context(args.run)
   config = _tuples(config)
   if overrides:  # sampler settings (e.g. --config.model.truncation=0.7), as in `evaluate`
@@ -557,12 +555,19 @@ def cmd_sample(args, overrides=()) -> int:
                      f"metrics come from `gdl-jax evaluate {args.run}`.")
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
+  files = task.save_samples is not None   # a directory of files per sample (music), not one grid
+  if args.out is not None:
+    _check_new_path("--out", args.out, directory=files)
   state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)
   samples = np.asarray(task.sample(state, jax.random.key(args.seed), args.num))
-  out = args.out or os.path.join(args.run, f"samples_seed{args.seed}.png")
-  if os.path.exists(out) and not args.force:
+  out = args.out or os.path.join(args.run, f"samples_seed{args.seed}" + ("" if files else ".png"))
+  if os.path.exists(out) and not args.force and not (files and os.path.isdir(out) and not os.listdir(out)):
     raise UsageError(f"{out} exists; pass --force to overwrite it or --out another path.")
   try:
+    if files:
+      paths = task.save_samples(samples, out)
+      print(f"wrote {len(paths)} files for {len(samples)} samples in {out}")
+      return 0
     if dataset.info.kind == "image":
       save_grid(samples, out, levels=dataset.info.levels)
     else:
@@ -729,7 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("run")
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--seed", type=int, default=0)
-  s.add_argument("--out", default=None)
+  s.add_argument("--out", default=None,
+                 help="the grid's path (images), a .npy (points), or a directory of .mid/.wav/.png "
+                      "files per sample (music: experiments with save_samples)")
   s.add_argument("--force", action="store_true")
   s.add_argument("--step", type=int, default=None,
                  help="sample the checkpoint of this step (default: the latest)")

@@ -19,7 +19,8 @@ A note array is float32 (n, 3) = (MIDI pitch, onset in quarter notes, duration i
 rests omitted, one per voice (the contract of gdl_jax.music_io and gdl_jax.evaluation.music).
 
 The split is by piece, `music_common.split_by_piece(chorale_names())`, the same pieces as the token
-view's: train -> "train", test -> "test" (the validation pieces are prepared as "validation"). The
+view's: train -> `Dataset.train`, validation -> `Dataset.valid` (None if its pieces hold no
+window), test -> `Dataset.test`. The
 chorales are parsed with music21 once, in a process pool over the CPU cores, and cached as
 array_record under the data dir.
 """
@@ -263,17 +264,20 @@ def load_grid(data_dir: str, pieces: Optional[Sequence[str]] = None, seed: int =
   b = _prepared(cls, data_dir, builder_kwargs={"config": tag if tag == "all" else tfds.core.BuilderConfig(name=tag)},
                 splits={"train": train, "validation": valid, "test": test})
   splits = {}
-  for s in ("train", "test"):
+  for s, names_s in (("train", train), ("validation", valid), ("test", test)):
     d = _read_split(b, s)
     if not len(d.get("bins", ())):
+      if s == "validation":
+        splits[s] = None
+        continue
       raise DataError(f"chorales_grid: the {s} split has no 2-bar 4/4 windows (pieces "
-                      f"{[train, valid, test][0 if s == 'train' else 2]}); pass more pieces.")
+                      f"{names_s}); pass more pieces.")
     splits[s] = {"bins": d["bins"].astype(np.uint8), "piece": d["piece"].astype(np.int32),
                  "roll": bins_to_grid(d["bins"])}
   info = DatasetInfo(name="chorales_grid", kind="pianoroll", shape=SHAPE, levels=2,
                      source=f"music21 Bach chorales ({len(train)}/{len(valid)}/{len(test)} pieces "
                             "train/valid/test)")
-  return Dataset(info, splits["train"], splits["test"])
+  return Dataset(info, splits["train"], splits["test"], valid=splits["validation"])
 
 
 def voice_ranges(bins: np.ndarray) -> np.ndarray:
