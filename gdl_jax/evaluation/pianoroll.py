@@ -62,7 +62,7 @@ def pianoroll_metrics(samples: np.ndarray, dataset, *, max_pieces: Optional[int]
   samples = samples[:n]
   held = test[np.sort(rng.choice(len(test), min(len(test), max(n, 2)), replace=False))]
   out: dict = {}
-  names = [v[0].lower() for v in VOICES] if samples.shape[-1] == len(VOICES) else \
+  names = [v.lower() for v in VOICES] if samples.shape[-1] == len(VOICES) else \
       [str(k) for k in range(samples.shape[-1])]
   for prefix, rolls in (("", samples), ("heldout_", held)):
     comp = range_compliance(rolls, ranges)
