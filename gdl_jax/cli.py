@@ -525,7 +525,8 @@ def cmd_evaluate(args, overrides=()) -> int:
   fix = "copy the run directory to a writable disk and evaluate it there."
   rundir.atomic_write(os.path.join(args.run, f"metrics{suffix}.json"), json.dumps(metrics, indent=2),
                       fix=fix)
-  row = harness.markdown_table([(name + (f" [{tag}]" if tag else ""), metrics)])
+  row = harness.markdown_table([(name + (f" [{tag}]" if tag else ""), metrics)] +
+                               list(metrics.get("baselines", {}).items()))
   rundir.atomic_write(os.path.join(args.run, f"metrics{suffix}.md"), row + "\n", fix=fix)
   if not getattr(args, "quiet", False):
     print(row)
@@ -541,7 +542,12 @@ def cmd_sample(args, overrides=()) -> int:
   _check_int_flag("--num", args.num, 1)
   _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
   _check_int_flag("--step", args.step, 0)
+  if args.out is not None:   # a file, or (music) a folder: checked again once the run is open
+    _check_new_path("--out", args.out, directory=True)
   module, name, config, dataset = _run_context(args.run)
+  folder = dataset.info.kind in ("music", "pianoroll")   # a folder of .mid/.wav/.png per sample
+  if args.out is not None and not folder:
+    _check_new_path("--out", args.out, directory=False)
   config = _tuples(config)
   if overrides:  # sampler settings (e.g. --config.model.truncation=0.7), as in `evaluate`
     _fill_added_keys(config, module)
@@ -555,19 +561,27 @@ def cmd_sample(args, overrides=()) -> int:
                      f"metrics come from `gdl-jax evaluate {args.run}`.")
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
-  files = task.save_samples is not None   # a directory of files per sample (music), not one grid
-  if args.out is not None:
-    _check_new_path("--out", args.out, directory=files)
   state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)
   samples = np.asarray(task.sample(state, jax.random.key(args.seed), args.num))
-  out = args.out or os.path.join(args.run, f"samples_seed{args.seed}" + ("" if files else ".png"))
-  if os.path.exists(out) and not args.force and not (files and os.path.isdir(out) and not os.listdir(out)):
+  if folder:   # a folder of .mid, .wav and piano-roll .png files
+    from gdl_jax.evaluation.music import write_music_samples
+    out = args.out or os.path.join(args.run, f"samples_seed{args.seed}")
+    if os.path.exists(out) and os.listdir(out) and not args.force:
+      raise UsageError(f"{out} exists and is not empty; pass --force to overwrite or --out another folder.")
+    try:
+      paths = task.save_samples(samples, out) if task.save_samples is not None else \
+          write_music_samples(dataset.info, samples, out)
+    except OSError as e:
+      err = rundir.write_error(e, os.path.abspath(out), fix="pass --out with a folder on a writable disk.")
+      if err is e:
+        raise
+      raise err from None
+    print(f"wrote {len(paths)} files (.mid, .wav, .png per sample) to {out}")
+    return 0
+  out = args.out or os.path.join(args.run, f"samples_seed{args.seed}.png")
+  if os.path.exists(out) and not args.force:
     raise UsageError(f"{out} exists; pass --force to overwrite it or --out another path.")
   try:
-    if files:
-      paths = task.save_samples(samples, out)
-      print(f"wrote {len(paths)} files for {len(samples)} samples in {out}")
-      return 0
     if dataset.info.kind == "image":
       save_grid(samples, out, levels=dataset.info.levels)
     else:

@@ -55,14 +55,12 @@ def moons():
   return data.load("moons")
 
 
-# The music tests' chorales: a few real pieces, parsed once per session (all 350 take minutes).
-SMALL_CHORALES = 8
+# The music tests' chorales: 8 real pieces (all 350 take minutes to parse), parsed once per session
+# (the CLI fuzz's `chorales_tiny` too: the same pieces, the same cache).
 
 
 @pytest.fixture(scope="session")
 def chorales_small():
   pytest.importorskip("music21", reason="the music datasets need the [music] extra (music21)")
-  from gdl_jax.data import music, music_common
-  names = music_common.chorale_names()[:SMALL_CHORALES]
-  return music.load_music("chorales", os.environ["GDL_DATA_DIR"], pieces=names, window=32, stride=8,
-                          name="chorales_small")
+  from gdl_jax import data
+  return data.load("chorales_tiny")

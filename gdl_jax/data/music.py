@@ -41,6 +41,7 @@ from gdl_jax.data.music_common import chorale_names, require_music21, split_by_p
 
 WINDOW, STRIDE = 64, 16
 META_PREFIXES = ("START", "key:", "ks:", "ts:")
+TINY_CHORALES = 8
 POOL_MIN = 16  # lists shorter than this are parsed in-process (a worker's music21 import costs seconds)
 
 
@@ -348,7 +349,11 @@ def _register():
                     f"windows of {WINDOW} events")(lambda d: load_music("chorales", d))
   data_lib.register("folk", "Essen folk tunes (music21, 8514 tunes), note + duration tokens, "
                     f"windows of {WINDOW} events")(lambda d: load_music("folk", d))
-  for n in ("chorales", "folk"):
+  data_lib.register("chorales_tiny", f"the first {TINY_CHORALES} Bach chorales, windows of 32 events "
+                    "(tests and the CLI fuzz)")(lambda d: load_music(
+                        "chorales", d, pieces=chorale_names()[:TINY_CHORALES], window=32, stride=8,
+                        name="chorales_tiny"))
+  for n in ("chorales", "folk", "chorales_tiny"):
     data_lib._STATUS[n] = _status
 
 

@@ -29,7 +29,14 @@ DEFAULT_COLUMNS = (("bits/dim", "bits_per_dim", "{:.3f}"), ("FD", "frechet_dista
                    ("novelty ratio", "novelty_ratio", "{:.3f}"), ("copy share", "copy_share", "{:.3f}"),
                    ("nll (nats)", "nll", "{:.4g}"))
 # Shown only when some row has them.
-OPTIONAL_COLUMNS = (("FD VGG16", "fd_vgg16", "{:.2f}"),
+OPTIONAL_COLUMNS = (("bits/note", "bits_per_note", "{:.3f}"),
+                    # music (gdl_jax.evaluation.music): copy share there = samples sharing >= 32 notes
+                    ("copy share held-out", "heldout_copy_share", "{:.3f}"),
+                    ("in-key", "in_key", "{:.3f}"), ("in-key held-out", "heldout_in_key", "{:.3f}"),
+                    ("PC distance", "pc_distance", "{:.3f}"),
+                    ("shared run", "shared_run_median", "{:.1f}"),
+                    ("shared run held-out", "heldout_shared_run_median", "{:.1f}"),
+                    ("FD VGG16", "fd_vgg16", "{:.2f}"),
                     ("label accuracy", "conditional_accuracy", "{:.3f}"),
                     # image-to-image translation (gdl_jax.evaluation.translation)
                     ("cycle MAE", "cycle_mae", "{:.4f}"),
@@ -67,6 +74,8 @@ def _check_samples(dataset: Dataset, samples, n: int) -> np.ndarray:
   info = dataset.info
   if x.shape != (n, *info.shape):
     raise ValueError(f"sample_fn(key, {n}) must return shape {(n, *info.shape)}, got {x.shape}.")
+  if info.kind == "music" and not np.issubdtype(x.dtype, np.integer):
+    raise ValueError(f"music samples must be integer (note, duration) token ids, got {x.dtype}.")
   if info.kind in ("image", "text"):
     if not np.issubdtype(x.dtype, np.integer):
       raise ValueError(f"{info.kind} samples must be integer levels/tokens, got {x.dtype}; "
@@ -110,6 +119,8 @@ def evaluate(dataset: Dataset, *, sample_fn: Optional[SampleFn] = None,
     out["nll"] = float(np.mean(nll))
     if info.kind in ("image", "text"):
       out["bits_per_dim"] = float(M.bits_per_dim(np.mean(nll), info.dims))
+    if info.kind == "music":   # windows of (note, duration) events: bits per event
+      out["bits_per_note"] = float(np.mean(nll) / info.shape[0] / math.log(2))
   if sample_fn is not None or samples is not None:
     if samples is None:
       with progress.ticker(f"drawing {num_samples} samples"):
@@ -134,7 +145,12 @@ def evaluate(dataset: Dataset, *, sample_fn: Optional[SampleFn] = None,
         ref = train_x[np.sort(M.numpy_rng(k_train).choice(len(train_x), train_subset, replace=False))]
       with progress.ticker(f"nearest neighbours in {len(ref)} training examples (novelty)"):
         out.update(M.novelty(x, ref, real, batch=batch_size))
-    out["copy_share"] = M.exact_copy_share(x, train_x)
+    if info.kind == "music":   # in-key, pitch classes, runs shared with the training windows
+      from gdl_jax.evaluation import music
+      with progress.ticker(f"music metrics of {len(x)} samples (keys, shared runs)"):
+        out.update(music.token_music_metrics(dataset, x))
+    else:
+      out["copy_share"] = M.exact_copy_share(x, train_x)
     out["num_samples"] = int(len(x))
   out["eval_seconds"] = time.time() - t0
   return out

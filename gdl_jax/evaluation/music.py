@@ -248,3 +248,60 @@ def ngram_baselines(train, valid, test, vocab_size: int, orders=(1, 2, 4)) -> di
         "bits_per_note": nats / n_events / math.log(2), "alpha": m.alpha, "discount": m.discount,
         "order": order}
   return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Token datasets (gdl_jax.data.music): windows of (note, duration) events.
+
+def window_pieces(info, tokens) -> list[list[np.ndarray]]:
+  """Token windows [N, T, 2] -> pieces (one voice each) as note arrays."""
+  from gdl_jax.data.music import decode_tokens
+  return [[decode_tokens(info, w)] for w in np.asarray(tokens)]
+
+
+def joint_events(info, tokens) -> list[np.ndarray]:
+  """Windows [N, T, 2] -> joint event ids note * |durations| + duration, one sequence per window."""
+  t = np.asarray(tokens).astype(np.int64)
+  return list(t[..., 0] * len(info.duration_vocab) + t[..., 1])
+
+
+def token_music_metrics(dataset, samples) -> dict:
+  """music_metrics of sampled windows [n, T, 2] against as many held-out windows; the run index
+  holds the pitch sequences of every training window."""
+  info = dataset.info
+  test = np.asarray(dataset.test["tokens"])
+  held = window_pieces(info, test[:min(len(samples), len(test))])
+  index = RunIndex(pitch_sequence(p[0]) for p in window_pieces(info, dataset.train["tokens"]))
+  return music_metrics(window_pieces(info, samples), held, index)
+
+
+def window_stride(windows) -> int:
+  """The stride of consecutive overlapping windows [N, T, ...] (T when they do not overlap)."""
+  w = np.asarray(windows)
+  if len(w) < 2:
+    return w.shape[1]
+  t = w.shape[1]
+  return next((s for s in range(1, t) if np.array_equal(w[1][:t - s], w[0][s:])), t)
+
+
+def token_ngram_baselines(dataset, orders=(1, 2, 4)) -> dict:
+  """The n-gram rows (bits per event of the joint (note, duration) event) of a token dataset.
+
+  Overlapping training windows are thinned to non-overlapping ones for the counts (each event
+  counted once, so the discounts mean what they say); contexts still restart at each window.
+  """
+  info = dataset.info
+  train = np.asarray(dataset.train["tokens"])
+  stride = window_stride(train)
+  if train.shape[1] % stride == 0:
+    train = train[::train.shape[1] // stride]
+  valid = dataset.valid if dataset.valid is not None and len(dataset.valid["tokens"]) else dataset.test
+  vocab = len(info.vocab) * len(info.duration_vocab)
+  return ngram_baselines(joint_events(info, train), joint_events(info, valid["tokens"]),
+                         joint_events(info, dataset.test["tokens"]), vocab, orders)
+
+
+def write_music_samples(info, tokens, out_dir: str, prefix: str = "sample") -> list[str]:
+  """.mid, .wav and piano-roll .png of each sampled window [n, T, 2] in out_dir."""
+  from gdl_jax import music_io
+  return music_io.write_samples(window_pieces(info, tokens), out_dir, prefix)

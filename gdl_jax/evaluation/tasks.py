@@ -89,6 +89,11 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
     out["conditional_accuracy"] = float(np.mean(hit))
     out["conditional_accuracy_per_class"] = [float(np.mean(hit[labels == k]))
                                              for k in range(int(dataset.info.num_classes))]
+  if dataset.info.kind == "music" and use_log_prob:
+    # the n-gram baselines on the same windows, rows of the same table (gdl-jax evaluate)
+    from gdl_jax.evaluation import music
+    with progress.ticker("n-gram baselines (smoothing chosen on the validation pieces)"):
+      out["baselines"] = music.token_ngram_baselines(dataset)
   if task.translate is not None and dataset.info.kind == "unpaired":
     # image-to-image models: cycle error, the classifier's target-class share and FD, MSE to a known map
     from gdl_jax.evaluation.translation import translation_metrics

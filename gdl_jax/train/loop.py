@@ -416,6 +416,9 @@ def _write_samples(task, state, dataset, config, workdir, key):
   elif dataset.info.kind == "points":
     from gdl_jax.evaluation.grids import save_scatter
     save_scatter(samples, None, os.path.join(workdir, "samples.png"))
+  elif dataset.info.kind == "music":
+    from gdl_jax.evaluation.music import write_music_samples
+    write_music_samples(dataset.info, samples[:4], os.path.join(workdir, "samples"))
   elif dataset.info.kind == "text":
     vocab = dataset.info.vocab
     sep = "" if all(len(t) == 1 for t in vocab) else " "

@@ -84,3 +84,10 @@ def test_music_metrics_copy_share():
   m = M.music_metrics([copy, fresh], [fresh], idx)
   assert m["copy_share"] == 0.5 and m["heldout_copy_share"] == 0.0
   assert m["shared_run_median"] >= 20
+
+
+def test_window_stride():
+  stream = np.arange(100)
+  w = np.stack([stream[i:i + 16] for i in range(0, 80, 4)])
+  assert M.window_stride(w) == 4
+  assert M.window_stride(np.stack([stream[i:i + 16] for i in range(0, 80, 16)])) == 16
