@@ -43,6 +43,7 @@ from gdl_jax.samplers import gan as gan_sampler
 from gdl_jax.train.task import Task
 
 NEEDS = Needs("pianoroll", levels=True, hint="MuseGAN trains on chorales_grid")
+TEST_DATASET = "chorales_grid_tiny"   # the CLI fuzz's dataset (8 chorales; all 350 take minutes to parse)
 RULES = {"model.z_dim": POSITIVE_INT, "model.temporal_features": POSITIVE_INT,
          "model.bar_features": POSITIVE_INT, "model.critic_features": POSITIVE_INT,
          "model.critic_dense": POSITIVE_INT, "model.n_critic": POSITIVE_INT,

@@ -191,6 +191,13 @@ def _chorales_grid(data_dir: str) -> Dataset:
   return load_grid(data_dir)
 
 
+@register("chorales_grid_tiny", "the first 8 Bach chorales as chorales_grid piano rolls (tests and the CLI fuzz)")
+def _chorales_grid_tiny(data_dir: str) -> Dataset:
+  from gdl_jax.data.music_common import chorale_names
+  from gdl_jax.data.music_grid import load_grid
+  return load_grid(data_dir, chorale_names()[:8], name="chorales_grid_tiny")
+
+
 def _chorales_grid_status(data_dir: str) -> str:
   try:
     import music21  # noqa: F401
@@ -199,7 +206,7 @@ def _chorales_grid_status(data_dir: str) -> str:
   return "offline (music21 corpus)"
 
 
-_STATUS["chorales_grid"] = _chorales_grid_status
+_STATUS["chorales_grid"] = _STATUS["chorales_grid_tiny"] = _chorales_grid_status
 
 
 def _fashion_candidates(data_dir: str):

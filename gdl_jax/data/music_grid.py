@@ -41,7 +41,7 @@ STEPS_PER_QUARTER = 4
 REST = 83
 LOW, HIGH = 36, 81
 SHAPE = (N_BARS, N_STEPS, N_BINS, N_TRACKS)
-_POOL_MIN_PIECES = 8  # fewer pieces parse in this process (no pool start-up)
+_POOL_MIN_PIECES = 16  # fewer pieces parse in this process (no pool start-up)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +246,8 @@ def _builder_cls():
   return GdlChoralesGrid
 
 
-def load_grid(data_dir: str, pieces: Optional[Sequence[str]] = None, seed: int = 0) -> Dataset:
+def load_grid(data_dir: str, pieces: Optional[Sequence[str]] = None, seed: int = 0,
+              name: str = "chorales_grid") -> Dataset:
   """The chorales_grid Dataset from `pieces` (default: all of music21's chorales), prepared once.
 
   A list of pieces (tests: a few) is split the same seeded way and cached under its own config.
@@ -274,7 +275,7 @@ def load_grid(data_dir: str, pieces: Optional[Sequence[str]] = None, seed: int =
                       f"{names_s}); pass more pieces.")
     splits[s] = {"bins": d["bins"].astype(np.uint8), "piece": d["piece"].astype(np.int32),
                  "roll": bins_to_grid(d["bins"])}
-  info = DatasetInfo(name="chorales_grid", kind="pianoroll", shape=SHAPE, levels=2,
+  info = DatasetInfo(name=name, kind="pianoroll", shape=SHAPE, levels=2,
                      source=f"music21 Bach chorales ({len(train)}/{len(valid)}/{len(test)} pieces "
                             "train/valid/test)")
   return Dataset(info, splits["train"], splits["test"], valid=splits["validation"])
