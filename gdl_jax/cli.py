@@ -545,7 +545,8 @@ def cmd_sample(args, overrides=()) -> int:
   if args.out is not None:   # a file, or (music) a folder: checked again once the run is open
     _check_new_path("--out", args.out, directory=True)
   module, name, config, dataset = _run_context(args.run)
-  if args.out is not None and dataset.info.kind != "music":
+  folder = dataset.info.kind in ("music", "pianoroll")   # a folder of .mid/.wav/.png per sample
+  if args.out is not None and not folder:
     _check_new_path("--out", args.out, directory=False)
   config = _tuples(config)
   if overrides:  # sampler settings (e.g. --config.model.truncation=0.7), as in `evaluate`
@@ -562,13 +563,14 @@ def cmd_sample(args, overrides=()) -> int:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
   state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)
   samples = np.asarray(task.sample(state, jax.random.key(args.seed), args.num))
-  if dataset.info.kind == "music":   # a folder of .mid, .wav and piano-roll .png files
+  if folder:   # a folder of .mid, .wav and piano-roll .png files
     from gdl_jax.evaluation.music import write_music_samples
     out = args.out or os.path.join(args.run, f"samples_seed{args.seed}")
     if os.path.exists(out) and os.listdir(out) and not args.force:
       raise UsageError(f"{out} exists and is not empty; pass --force to overwrite or --out another folder.")
     try:
-      paths = write_music_samples(dataset.info, samples, out)
+      paths = task.save_samples(samples, out) if task.save_samples is not None else \
+          write_music_samples(dataset.info, samples, out)
     except OSError as e:
       err = rundir.write_error(e, os.path.abspath(out), fix="pass --out with a folder on a writable disk.")
       if err is e:
@@ -746,7 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("run")
   s.add_argument("--num", type=int, default=64)
   s.add_argument("--seed", type=int, default=0)
-  s.add_argument("--out", default=None)
+  s.add_argument("--out", default=None,
+                 help="the grid's path (images), a .npy (points), or a directory of .mid/.wav/.png "
+                      "files per sample (music: experiments with save_samples)")
   s.add_argument("--force", action="store_true")
   s.add_argument("--step", type=int, default=None,
                  help="sample the checkpoint of this step (default: the latest)")

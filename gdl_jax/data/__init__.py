@@ -119,10 +119,13 @@ def _read_split(builder, split: str) -> dict:
   return {k: np.stack(v) for k, v in out.items()}
 
 
-def _prepared(builder_cls, data_dir: str, **attrs):
-  """The builder, its dataset written first if needed (once: concurrent processes wait on a lock)."""
+def _prepared(builder_cls, data_dir: str, builder_kwargs: dict | None = None, **attrs):
+  """The builder, its dataset written first if needed (once: concurrent processes wait on a lock).
+
+  builder_kwargs go to the builder's constructor (e.g. config=tfds.core.BuilderConfig(name=...));
+  attrs are set on it before preparing (its source)."""
   def make():
-    builder = builder_cls(data_dir=data_dir, file_format="array_record")
+    builder = builder_cls(data_dir=data_dir, file_format="array_record", **(builder_kwargs or {}))
     for k, v in attrs.items():
       setattr(builder, k, v)
     return builder
@@ -134,7 +137,8 @@ def _prepared(builder_cls, data_dir: str, **attrs):
   import tensorflow_datasets as tfds
   # Two processes preparing one dataset into one data_dir race on tfds's final rename (seen with
   # pytest-xdist): the second waits for the first's lock, then finds the dataset prepared.
-  with open(os.path.join(data_dir, f".{builder.name}.prepare.lock"), "a") as lock:
+  lock_name = builder.name + (f".{builder.builder_config.name}" if builder.builder_config else "")
+  with open(os.path.join(data_dir, f".{lock_name}.prepare.lock"), "a") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     builder = make()
     if not builder.is_prepared():
@@ -179,6 +183,30 @@ def _moons(data_dir: str) -> Dataset:
   info = DatasetInfo(name="moons", kind="points", shape=(2,), num_classes=2,
                      class_names=("upper", "lower"), source="sklearn.datasets.make_moons")
   return Dataset(info, train, test)
+
+
+@register("chorales_grid", "Bach chorales as 2-bar S/A/T/B piano rolls, 16th grid, 84 bins (music21)")
+def _chorales_grid(data_dir: str) -> Dataset:
+  from gdl_jax.data.music_grid import load_grid
+  return load_grid(data_dir)
+
+
+@register("chorales_grid_tiny", "the first 8 Bach chorales as chorales_grid piano rolls (tests and the CLI fuzz)")
+def _chorales_grid_tiny(data_dir: str) -> Dataset:
+  from gdl_jax.data.music_common import chorale_names
+  from gdl_jax.data.music_grid import load_grid
+  return load_grid(data_dir, chorale_names()[:8], name="chorales_grid_tiny")
+
+
+def _chorales_grid_status(data_dir: str) -> str:
+  try:
+    import music21  # noqa: F401
+  except ImportError:
+    return 'missing: pip install -e ".[music]"'
+  return "offline (music21 corpus)"
+
+
+_STATUS["chorales_grid"] = _STATUS["chorales_grid_tiny"] = _chorales_grid_status
 
 
 def _fashion_candidates(data_dir: str):

@@ -16,7 +16,9 @@ class DataError(ValueError):
 class DatasetInfo:
   """What a model needs to know about its data.
 
-  kind: "image" (uint8 levels, NHWC), "points" (float32 vectors) or "text" (int32 token windows).
+  kind: "image" (uint8 levels, NHWC), "points" (float32 vectors), "text" (int32 token windows) or
+  "pianoroll" (uint8 one-hot multi-track grids [bars, steps, pitch bins, tracks], levels 2; x key
+  "roll"; gdl_jax.data.music_grid).
   shape: one example's shape: (H, W, C), (D,) or (T,).
   levels: number of discrete values per pixel (17 for digits, 256 for 8-bit images); None if continuous.
   vocab: the tokens of a text dataset, index = token id.
@@ -60,7 +62,7 @@ class Dataset:
   @property
   def x_key(self) -> str:
     return {"image": "image", "points": "x", "text": "tokens", "unpaired": "a",
-            "music": "tokens"}[self.info.kind]
+            "music": "tokens", "pianoroll": "roll"}[self.info.kind]
 
   def num_examples(self, split: str = "train") -> int:
     return len(getattr(self, split)[self.x_key])

@@ -13,7 +13,8 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
                   use_features: bool = True, use_log_prob: bool = True,
                   use_samples: bool = True, use_vgg: bool | None = None) -> dict:
   """Held-out bits/dim (if task.log_prob), classifier Fréchet distance and novelty (if task.sample),
-  translation metrics (if task.translate, on two unpaired domains: gdl_jax.evaluation.translation).
+  translation metrics (if task.translate, on two unpaired domains: gdl_jax.evaluation.translation),
+  the piano-roll music metrics (samples of a "pianoroll" dataset: gdl_jax.evaluation.pianoroll).
 
   use_vgg: also the Fréchet distance in ImageNet VGG16 features ("fd_vgg16"). None (default): for
   RGB image sets it applies to (`vgg_fd_applies`: >= 16x16) when the `perceptual` extra is
@@ -64,9 +65,19 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
     if applies and (use_vgg or (dataset.info.shape[-1] == 3 and vgg.available())):
       extra[perceptual.VGG_FD_KEY] = perceptual.vgg16_feature_fn(dataset.info.levels)
 
-  out = harness.evaluate(dataset, sample_fn=sample_fn, log_prob_fn=log_prob_fn,
+  rolls = None
+  if sample_fn is not None and dataset.info.kind == "pianoroll":   # MuseGAN: the music metrics too
+    k_s = jax.random.split(keys["sample"], 4)[1]                   # the harness's own sample key
+    with progress.ticker(f"drawing {n} piano rolls"):
+      rolls = sample_fn(k_s, n)
+  out = harness.evaluate(dataset, sample_fn=sample_fn if rolls is None else None,
+                         samples=rolls, log_prob_fn=log_prob_fn,
                          feature_fn=feature_fn, num_samples=n, key=keys["sample"],
                          extra_feature_fns=extra)
+  if rolls is not None:
+    from gdl_jax.evaluation.pianoroll import pianoroll_metrics
+    with progress.ticker("music metrics (range, in-key, pitch classes)"):
+      out.update(pianoroll_metrics(rolls, dataset))
   if feature_fn is not None and task.sample_labeled is not None:
     # class-conditional models: does the classifier see the class that was asked for?
     from gdl_jax.evaluation.classifier import label_fn

@@ -409,7 +409,9 @@ def _write_progress_gif(workdir):
 def _write_samples(task, state, dataset, config, workdir, key):
   from gdl_jax.evaluation.grids import save_grid
   samples = np.asarray(jax.device_get(task.sample(state, key, int(config.num_samples))))
-  if dataset.info.kind == "image":
+  if task.save_samples is not None:   # e.g. music: .mid / .wav / piano-roll .png per sample
+    task.save_samples(samples, os.path.join(workdir, "samples"))
+  elif dataset.info.kind == "image":
     save_grid(samples, os.path.join(workdir, "samples.png"), levels=dataset.info.levels)
   elif dataset.info.kind == "points":
     from gdl_jax.evaluation.grids import save_scatter

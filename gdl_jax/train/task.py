@@ -43,6 +43,11 @@ class Task:
                                                       domains, CycleGAN: images of domain A as
                                                       integer levels -> B's for direction "ab",
                                                       B -> A for "ba"; the harness scores them)
+  save_samples(samples, directory) -> [paths]        (optional; samples that are not images or
+                                                      text, e.g. music: writes each of `sample`'s
+                                                      outputs as files under directory (.mid,
+                                                      .wav, piano-roll .png); the loop's
+                                                      samples/ and `gdl-jax sample --out DIR`)
   """
 
   init: Callable[[jax.Array, Batch], TrainState]
@@ -53,6 +58,7 @@ class Task:
   features: Optional[Callable[[TrainState, jax.Array], jax.Array]] = None
   sample_labeled: Optional[Callable[[TrainState, jax.Array, jax.Array], jax.Array]] = None
   translate: Optional[Callable[[TrainState, jax.Array, str], jax.Array]] = None
+  save_samples: Optional[Callable[[Any, str], list]] = None
   # Extra artefacts an experiment writes after training (reconstructions, latent plots, ...):
   # write_artifacts(state, data, workdir, key) -> None
   write_artifacts: Optional[Callable[..., None]] = None
