@@ -97,6 +97,7 @@ def test_overfits_one_batch(digits, test_seed):
   assert float(loss) < 0.3, float(loss)
 
 
+@pytest.mark.slow  # several compiles: minutes on a loaded CPU (the default suite keeps the unit tests)
 def test_cli_train_and_evaluate_tiny(tmp_path, capsys):
   from gdl_jax import cli
   wd = str(tmp_path / "clip")
