@@ -34,16 +34,15 @@ def test_cross_attention_masks_padding_tokens():
   ctx = jax.random.normal(k2, (2, 5, 6))
   mask = jnp.asarray([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
   params = _randomize(net.init(k3, x, t, context=ctx, context_mask=mask)["params"], k4)
-  out = net.apply({"params": params}, x, t, context=ctx, context_mask=mask)
+  apply = jax.jit(lambda c, m: net.apply({"params": params}, x, t, context=c, context_mask=m))
+  out = apply(ctx, mask)
   junk = jnp.where(mask[..., None], ctx, 100.0 * jax.random.normal(k1, ctx.shape))  # padding changed
-  np.testing.assert_allclose(net.apply({"params": params}, x, t, context=junk, context_mask=mask), out,
-                             atol=1e-4)
+  np.testing.assert_allclose(apply(junk, mask), out, atol=1e-4)
   real = ctx.at[:, 0].add(1.0)  # a real token changed: the output follows
-  assert np.abs(np.asarray(net.apply({"params": params}, x, t, context=real, context_mask=mask) - out)).max() > 1e-2
+  assert np.abs(np.asarray(apply(real, mask) - out)).max() > 1e-2
   # every token masked (a dropped caption) is finite and ignores the context entirely
   none = jnp.zeros_like(mask)
-  a = net.apply({"params": params}, x, t, context=ctx, context_mask=none)
-  b = net.apply({"params": params}, x, t, context=-ctx, context_mask=none)
+  a, b = apply(ctx, none), apply(-ctx, none)
   assert np.isfinite(np.asarray(a)).all()
   np.testing.assert_allclose(a, b, atol=1e-4)
 
@@ -71,11 +70,13 @@ def test_guidance_scale_0_and_1_are_the_unconditional_and_conditional_prediction
   yes, no = jnp.ones((2,), bool), jnp.zeros((2,), bool)
   params = _randomize(model.init(jax.random.key(2), x, t, tokens, yes)["params"], jax.random.key(3))
   cond_predict = model.predictor()
-  cond, uncond = cond_predict(params, x, t, tokens, yes), cond_predict(params, x, t, tokens, no)
+  run = jax.jit(cond_predict)
+  cond, uncond = run(params, x, t, tokens, yes), run(params, x, t, tokens, no)
   assert np.abs(np.asarray(cond - uncond)).max() > 1e-2
   predict = guided(cond_predict)
+  run_guided = jax.jit(predict)
   for scale, want in ((0.0, uncond), (1.0, cond), (3.0, uncond + 3.0 * (cond - uncond))):
-    got = predict({"net": params, "cond": tokens, "scale": jnp.float32(scale)}, x, t)
+    got = run_guided({"net": params, "cond": tokens, "scale": jnp.float32(scale)}, x, t)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
   np.testing.assert_allclose(guide(jnp.asarray(2.0), jnp.asarray(1.0), 4.0), 5.0)
   assert guided(cond_predict) == predict  # hashable by value: one jit cache entry per model
