@@ -16,7 +16,10 @@ equally well, e.g. "this is a coat", bound it well below 1).
 
 Variants: default (3000 steps at batch 256), small (CPU: 1000 steps at batch 128, a strided stem
 and 16-32-64 channels at 14-7-4), tiny (tests).
-MEASURED: see README.md's Ch. 13 section (numbers come from `gdl-jax evaluate`).
+MEASURED (`gdl-jax train clip --dataset fashion_mnist_captions --variant small --evaluate`, 1000
+steps at batch 128, 32:18 wall niced on 2 CPU cores shared at load ~16): zero-shot accuracy 85.72%
+on all 10000 test images (supervised CNN 92.35%; shirt the weakest class, 63.0%), recall@5 18.1%
+and recall@1 3.6% of 1000 held-out-template captions among their 1000 images.
 """
 
 from __future__ import annotations
