@@ -85,7 +85,8 @@ def words(text: str) -> list[str]:
 
 
 def _article(phrase: str) -> str:
-  return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+  vowel = phrase[0] in "aeiou" and not phrase.startswith("one")  # "an eight", "a one"
+  return ("an " if vowel else "a ") + phrase
 
 
 # ---------------------------------------------------------------------------------------------
