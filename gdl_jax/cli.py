@@ -4,6 +4,7 @@
     gdl-jax train vae --dataset digits --workdir runs/vae_digits --config.optimizer.lr=3e-4
     gdl-jax evaluate runs/vae_digits
     gdl-jax sample runs/vae_digits --num 64 --out samples.png
+    gdl-jax sample runs/t2i_fashion_mnist --prompt "a dark ankle boot" --num 16 --guidance 3
     gdl-jax report runs/* --out report    # one static HTML page: open report/index.html
     gdl-jax paint --content photo.jpg --style painting.jpg --out painted.png   (Gatys et al.)
     gdl-jax paint --model runs/style_net --content photo.jpg --out painted.png (a trained style net)
@@ -561,8 +562,22 @@ def cmd_sample(args, overrides=()) -> int:
                      f"metrics come from `gdl-jax evaluate {args.run}`.")
   if task.sample is None:
     raise UsageError(f"experiment {name!r} has no sampler (it is not a generative model).")
+  prompt = getattr(args, "prompt", None)
+  guidance = getattr(args, "guidance", None)
+  if guidance is not None:
+    _check_float_flag("--guidance", guidance)
+    if prompt is None:
+      raise UsageError("--guidance applies to --prompt samples; pass --prompt TEXT too (or "
+                       "--config.model.guidance=G for the default samples).")
+  if prompt is not None and task.sample_prompt is None:
+    raise UsageError(f"experiment {name!r} is not text-conditioned; --prompt needs a text-to-image "
+                     "run (e.g. `gdl-jax train text_to_image --dataset fashion_mnist_captions`).")
   state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)
-  samples = np.asarray(task.sample(state, jax.random.key(args.seed), args.num))
+  if prompt is not None:
+    samples = np.asarray(task.sample_prompt(state, jax.random.key(args.seed), [prompt] * args.num,
+                                            guidance))
+  else:
+    samples = np.asarray(task.sample(state, jax.random.key(args.seed), args.num))
   if folder:   # a folder of .mid, .wav and piano-roll .png files
     from gdl_jax.evaluation.music import write_music_samples
     out = args.out or os.path.join(args.run, f"samples_seed{args.seed}")
@@ -754,6 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--force", action="store_true")
   s.add_argument("--step", type=int, default=None,
                  help="sample the checkpoint of this step (default: the latest)")
+  s.add_argument("--prompt", default=None,
+                 help="text-to-image runs: draw --num images of this caption (its words must be in "
+                      "the captions' vocabulary; unknown words are named in the error)")
+  s.add_argument("--guidance", type=float, default=None,
+                 help="classifier-free guidance scale for --prompt (0 = unconditional, 1 = "
+                      "conditional, > 1 stronger; default: the run's model.guidance)")
   s.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   r = sub.add_parser("report", help="one static HTML page of runs: samples, GIFs, figures, training "
                      "curves, metrics beside the baselines, audio/MIDI links")

@@ -95,8 +95,9 @@ _STATUS: dict[str, Callable[[str], str]] = {}
 
 
 def _import_optional_sources():
-  """Text/photo sources register themselves on import when their modules exist."""
-  for mod in ("gdl_jax.data.text", "gdl_jax.data.photos", "gdl_jax.data.unpaired", "gdl_jax.data.music"):
+  """Text/photo/music/caption sources register themselves on import when their modules exist."""
+  for mod in ("gdl_jax.data.text", "gdl_jax.data.photos", "gdl_jax.data.unpaired", "gdl_jax.data.music",
+              "gdl_jax.data.captions"):
     try:
       __import__(mod)
     except ImportError:

@@ -21,7 +21,8 @@ class DatasetInfo:
   "roll"; gdl_jax.data.music_grid).
   shape: one example's shape: (H, W, C), (D,) or (T,).
   levels: number of discrete values per pixel (17 for digits, 256 for 8-bit images); None if continuous.
-  vocab: the tokens of a text dataset, index = token id.
+  vocab: the tokens of a text dataset, index = token id; for a captioned image dataset
+  (gdl_jax.data.captions, base = the uncaptioned dataset) the captions' word vocabulary.
   kind "unpaired" (two image domains, gdl_jax.data.unpaired): splits hold "a" and "b" images of
   `shape` (same count, no pairing); domains: the two domains' names; base: the labelled dataset they
   come from (its classifier judges translations); domain_classes: the base's class of A and of B

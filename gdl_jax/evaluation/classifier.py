@@ -81,6 +81,12 @@ def classifier_task(config, info: DatasetInfo) -> Task:
   return Task(init=init, step=step, eval_step=eval_step, features=features)
 
 
+def classifier_name(info: DatasetInfo) -> str:
+  """The dataset whose classifier judges `info`'s images: an image dataset derived from another
+  with the same images (e.g. fashion_mnist_captions, `info.base`) shares its base's classifier."""
+  return info.base if info.kind == "image" and info.base else info.name
+
+
 def cache_dir() -> str:
   import os
   return os.environ.get("GDL_CACHE_DIR") or os.path.expanduser("~/.cache/gdl_jax")
@@ -99,11 +105,12 @@ def trained_classifier(dataset, *, directory: str | None = None, variant: str = 
   from gdl_jax.train import loop
   if progress is None:
     progress = progress_lib.enabled()
-  directory = directory or os.path.join(cache_dir(), "classifiers", f"{dataset.info.name}_{variant}")
-  key = (os.path.abspath(directory), dataset.info.name, variant)
+  name = classifier_name(dataset.info)
+  directory = directory or os.path.join(cache_dir(), "classifiers", f"{name}_{variant}")
+  key = (os.path.abspath(directory), name, variant)
   if key in _RESTORED:  # feature_fn and label_fn of one evaluation: restore the checkpoint once
     return _RESTORED[key]
-  config = classifier_config(variant, dataset.info.name)
+  config = classifier_config(variant, name)
   task = classifier_task(config, dataset.info)
   done = os.path.join(directory, "done.json")
   said = False
@@ -157,7 +164,7 @@ def label_fn(dataset, *, variant: str = "default", **kw):
   """images (integer levels, NHWC) -> [N] labels predicted by the dataset's cached CNN, batched."""
   import numpy as np
   _, state = trained_classifier(dataset, variant=variant, **kw)
-  model = make_model(classifier_config(variant, dataset.info.name), dataset.info)
+  model = make_model(classifier_config(variant, classifier_name(dataset.info)), dataset.info)
   variables = {"params": state.params, **state.extra}
   levels = dataset.info.levels
   logits = jax.jit(lambda images: predict(model, variables, images, levels).logits)

@@ -14,7 +14,8 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
                   use_samples: bool = True, use_vgg: bool | None = None) -> dict:
   """Held-out bits/dim (if task.log_prob), classifier Fréchet distance and novelty (if task.sample),
   translation metrics (if task.translate, on two unpaired domains: gdl_jax.evaluation.translation),
-  the piano-roll music metrics (samples of a "pianoroll" dataset: gdl_jax.evaluation.pianoroll).
+  the piano-roll music metrics (samples of a "pianoroll" dataset: gdl_jax.evaluation.pianoroll),
+  and the family's own (if task.metrics: CLIP's zero-shot accuracy, text-to-image prompt fidelity).
 
   use_vgg: also the Fréchet distance in ImageNet VGG16 features ("fd_vgg16"). None (default): for
   RGB image sets it applies to (`vgg_fd_applies`: >= 16x16) when the `perceptual` extra is
@@ -94,6 +95,9 @@ def evaluate_task(task, state, dataset, config, keys, *, num_samples: int | None
     from gdl_jax.evaluation import music
     with progress.ticker("n-gram baselines (smoothing chosen on the validation pieces)"):
       out["baselines"] = music.token_ngram_baselines(dataset)
+  if task.metrics is not None:  # the family's own held-out metrics (CLIP zero-shot, prompt fidelity)
+    out.update(task.metrics(state, dataset, jax.random.fold_in(keys["sample"], 2),
+                            use_features=use_features, use_samples=use_samples))
   if task.translate is not None and dataset.info.kind == "unpaired":
     # image-to-image models: cycle error, the classifier's target-class share and FD, MSE to a known map
     from gdl_jax.evaluation.translation import translation_metrics

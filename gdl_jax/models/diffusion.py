@@ -58,3 +58,45 @@ class DiffusionModel(nn.Module):
                groups=int(cfg.groups), dropout=float(cfg.dropout), dtype=_DTYPES[cfg.dtype])
     schedule = NoiseSchedule(kind=cfg.schedule)
     return DiffusionModel(net=net, diffusion=Diffusion(schedule, int(cfg.num_timesteps), cfg.prediction))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionalPredictor:
+  """`predict(params, x_t, t, tokens, use_text [B] bool) -> eps or v`; hashable by value."""
+
+  module: nn.Module
+
+  def __call__(self, params: Any, x_t: jax.Array, t: jax.Array, tokens: jax.Array,
+               use_text: jax.Array) -> jax.Array:
+    return self.module.apply({"params": params}, x_t, t, tokens, use_text)
+
+
+class TextToImageModel(nn.Module):
+  """Imagen's recipe at toy scale: a Transformer text encoder's token features condition the U-Net
+  through cross-attention (and their pooled mean through the time embedding).
+
+  tokens [B, L] caption ids (0 = padding); use_text [B] bool: False drops the caption (every token
+  masked, only the U-Net's learned null token remains): the unconditional model of classifier-free
+  guidance, trained by dropping captions at random (Ho & Salimans 2022).
+  """
+
+  net: UNet
+  text: Any  # gdl_jax.models.clip.TextEncoder
+  diffusion: Diffusion = Diffusion()
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, tokens: jax.Array, use_text: jax.Array, *,
+               train: bool = False) -> jax.Array:
+    ctx, mask, _ = self.text(tokens)  # [B, L, D], [B, L]
+    mask = mask & use_text.astype(bool)[:, None]
+    return self.net(x_t, t, context=ctx, context_mask=mask, train=train)
+
+  def predictor(self) -> ConditionalPredictor:
+    return ConditionalPredictor(self)
+
+  @staticmethod
+  def from_config(cfg, channels: int, vocab_size: int, max_len: int) -> "TextToImageModel":
+    from gdl_jax.models.clip import TextEncoder
+    base = DiffusionModel.from_config(cfg, channels)
+    text = TextEncoder(vocab_size, max_len, int(cfg.text_dim), int(cfg.text_depth), int(cfg.text_heads),
+                       embed_dim=int(cfg.text_dim))
+    return TextToImageModel(net=base.net, text=text, diffusion=base.diffusion)

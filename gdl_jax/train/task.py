@@ -48,6 +48,16 @@ class Task:
                                                       outputs as files under directory (.mid,
                                                       .wav, piano-roll .png); the loop's
                                                       samples/ and `gdl-jax sample --out DIR`)
+  metrics(state, dataset, key, *, use_features,      (optional; the family's own held-out metrics,
+          use_samples) -> dict
+                                                      added to `gdl-jax evaluate`'s: CLIP's zero-shot
+                                                      accuracy and retrieval recall, a text-to-image
+                                                      model's prompt fidelity per guidance scale)
+  sample_prompt(state, key, prompts, guidance)       (optional; text-conditioned models: one image
+    -> array                                          per prompt (a list of strings; unknown words
+                                                      raise CaptionError), at classifier-free
+                                                      guidance scale `guidance` (None: the config's);
+                                                      `gdl-jax sample RUN --prompt TEXT` calls it)
   """
 
   init: Callable[[jax.Array, Batch], TrainState]
@@ -59,6 +69,8 @@ class Task:
   sample_labeled: Optional[Callable[[TrainState, jax.Array, jax.Array], jax.Array]] = None
   translate: Optional[Callable[[TrainState, jax.Array, str], jax.Array]] = None
   save_samples: Optional[Callable[[Any, str], list]] = None
+  metrics: Optional[Callable[..., dict]] = None
+  sample_prompt: Optional[Callable[..., jax.Array]] = None
   # Extra artefacts an experiment writes after training (reconstructions, latent plots, ...):
   # write_artifacts(state, data, workdir, key) -> None
   write_artifacts: Optional[Callable[..., None]] = None
