@@ -39,6 +39,8 @@ class DatasetInfo:
   base: str = ""
   domain_classes: tuple[int, ...] = ()
   mapping: str = ""
+  # kind "latents" (World Models' M, experiments/world_models.py): windows of a VAE's posterior
+  # means "mu" [N, T, Z] with "logvar", "action" [N, T, A], "reward", "done", "mask" [N, T].
 
   @property
   def dims(self) -> int:
@@ -56,7 +58,8 @@ class Dataset:
 
   @property
   def x_key(self) -> str:
-    return {"image": "image", "points": "x", "text": "tokens", "unpaired": "a"}[self.info.kind]
+    return {"image": "image", "points": "x", "text": "tokens", "unpaired": "a",
+            "latents": "mu"}[self.info.kind]
 
   def num_examples(self, split: str = "train") -> int:
     return len(getattr(self, split)[self.x_key])

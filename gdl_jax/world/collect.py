@@ -19,7 +19,7 @@ import io
 import json
 import os
 import re
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -164,8 +164,9 @@ def read_manifest(out_dir: str) -> dict:
     return json.load(f)
 
 
-def load_rollouts(out_dir: str, *, require_complete: bool = True) -> list[dict]:
-  """The episodes of the complete shards in `out_dir`, in episode order (never a partial shard)."""
+def iter_rollouts(out_dir: str, *, require_complete: bool = True) -> Iterator[dict]:
+  """The episodes of the complete shards in `out_dir`, in episode order, one shard in memory at a
+  time (never a partial shard)."""
   from array_record.python.array_record_module import ArrayRecordReader
   m = read_manifest(out_dir)
   shards = sorted(int(mt.group(1)) for f in os.listdir(out_dir) if (mt := _SHARD_RE.match(f)))
@@ -173,11 +174,16 @@ def load_rollouts(out_dir: str, *, require_complete: bool = True) -> list[dict]:
   if require_complete and shards != list(range(expected)):
     raise DataError(f"{out_dir}: {len(shards)} of {expected} shards written; resume the collection "
                     "with the same settings to finish it.")
-  out = []
   for k in shards:
     r = ArrayRecordReader(os.path.join(out_dir, SHARD.format(k)))
     try:
-      out += [decode_episode(b) for b in r.read_all()]
+      records = r.read_all()
     finally:
       r.close()
-  return out
+    for b in records:
+      yield decode_episode(b)
+
+
+def load_rollouts(out_dir: str, *, require_complete: bool = True) -> list[dict]:
+  """All episodes of the complete shards in `out_dir` (see iter_rollouts) as a list."""
+  return list(iter_rollouts(out_dir, require_complete=require_complete))

@@ -18,9 +18,11 @@ CROP = 84            # the bottom 12 rows of the 96x96 observation are the statu
 ACTION_DIM = 3       # steer in [-1, 1], gas in [0, 1], brake in [0, 1]
 ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
-# Track seeds: collection episodes use COLLECT_SEED_BASE + seed * 100_000 + i, evaluation
-# EVAL_SEED_BASE + j, so the held-out tracks are never collected.
+# Track seeds: collection episodes use COLLECT_SEED_BASE + seed * 100_000 + i, the controller's
+# training rollouts TRAIN_SEED_BASE + ..., evaluation EVAL_SEED_BASE + j, so the held-out tracks
+# are never collected nor trained on.
 COLLECT_SEED_BASE = 10_000
+TRAIN_SEED_BASE = 500_000
 EVAL_SEED_BASE = 1_000_000
 
 
