@@ -49,7 +49,7 @@ RULES = {
     "test_fraction": Range(0.0, 0.5, lo_open=True),
     "vae.frame_stride": POSITIVE_INT, "vae.steps": POSITIVE_INT, "vae.batch_size": POSITIVE_INT,
     "vae.latent_dim": POSITIVE_INT, "vae.hidden": POSITIVE_INT, "vae.features": POSITIVE_INT,
-    "vae.lr": POSITIVE,
+    "vae.lr": POSITIVE, "vae.likelihood": OneOf(("logistic", "gaussian")),
     "mdn.hidden": POSITIVE_INT, "mdn.num_mixtures": POSITIVE_INT, "mdn.seq_len": POSITIVE_INT,
     "mdn.steps": POSITIVE_INT, "mdn.batch_size": POSITIVE_INT, "mdn.lr": POSITIVE,
     "mdn.reward_weight": NON_NEGATIVE, "mdn.done_weight": NON_NEGATIVE,
@@ -367,6 +367,7 @@ def run(config, workdir: str, *, quiet: bool = False) -> dict:
   from gdl_jax.train import loop
   from gdl_jax.world import collect as col
   from gdl_jax.world import env as env_lib
+  from gdl_jax.models.world import MDNRNN
   from gdl_jax.world.rollout import Agent, RolloutPool
   check(config)
   env_lib.require("gymnasium")
@@ -457,11 +458,12 @@ def run(config, workdir: str, *, quiet: bool = False) -> dict:
       mc.batch_size = min(int(mc.batch_size), len(w_train["mu"]) // jax.device_count() * jax.device_count())
       state = loop.fit(task, mc, lat_ds, os.path.join(workdir, name), experiment=f"world_models_{name}",
                        progress=not quiet)
-      params = _to_numpy(state.params)
-      metrics[f"{name}_heldout_nll"] = heldout_nll(model, params, w_test, eval_key)
-      _save_tree(p_path, params)
+      _save_tree(p_path, _to_numpy(state.params))
       timing[name] = time.time() - t0
     mdn_params[name] = _load_tree(p_path)
+    if f"{name}_heldout_nll" not in metrics:
+      model = MDNRNN(**mdn_kwargs(config, K))
+      metrics[f"{name}_heldout_nll"] = heldout_nll(model, mdn_params[name], w_test, eval_key)
   metrics["persistence_heldout_nll"], _ = persistence_nll(w_train, w_test, eval_key)
   metrics["m_beats_baselines"] = bool(metrics["mdn_heldout_nll"] < min(
       metrics["mdn_gaussian_heldout_nll"], metrics["persistence_heldout_nll"]))
