@@ -86,3 +86,11 @@ def test_missing_extra_names_the_install_line(monkeypatch):
   monkeypatch.setattr(builtins, "__import__", fake)
   with pytest.raises(env_lib.MissingExtraError, match=r'pip install -e "\.\[world\]"'):
     env_lib.make_env()
+
+
+def test_worker_processes_write_the_same_shards(tmp_path):
+  kw = dict(episodes=2, max_steps=4, seed=1, shard_size=1)
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  assert col.collect(a, workers=2, **kw)["written_shards"] == 2
+  col.collect(b, workers=1, **kw)
+  _same(col.load_rollouts(a), col.load_rollouts(b))
