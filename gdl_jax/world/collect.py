@@ -94,7 +94,7 @@ def _check_dir(out_dir: str, manifest: dict) -> None:
       diff = sorted(k for k in set(have) | set(manifest) if have.get(k) != manifest.get(k))
       raise DataError(
           f"{out_dir} holds a rollout collection with other settings (differs in: "
-          f"{', '.join(diff)}: {', '.join(f'{k}={have.get(k)}' for k in diff)}). Nothing was "
+          f"{', '.join(f'{k}={have.get(k)} there, {manifest.get(k)} asked' for k in diff)}). Nothing was "
           "changed: pass a new rollouts directory, or the same settings to resume it.")
     return
   others = [f for f in os.listdir(out_dir) if not f.startswith(".")]
