@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -360,8 +359,6 @@ def load_agent(workdir: str):
 def run(config, workdir: str, *, quiet: bool = False) -> dict:
   """All four stages into `workdir` (resuming what is there); returns metrics.json's content."""
   import jax
-  import jax.numpy as jnp
-  from gdl_jax import data as data_lib
   from gdl_jax import progress
   from gdl_jax.data.info import Dataset, DatasetInfo
   from gdl_jax.train import loop
