@@ -8,6 +8,8 @@
     gdl-jax report runs/* --out report    # one static HTML page: open report/index.html
     gdl-jax paint --content photo.jpg --style painting.jpg --out painted.png   (Gatys et al.)
     gdl-jax paint --model runs/style_net --content photo.jpg --out painted.png (a trained style net)
+    gdl-jax world run --workdir runs/world_models --variant cpu   (World Models: collect, V, M, C)
+    gdl-jax world replay runs/world_models --seed 1000000 --gif replay.gif
 
 Bad input (unknown verb/dataset/experiment/config key, a value of the wrong type or out of range,
 data of the wrong kind, a model too big for the machine, a bad path, an unreadable checkpoint, a run
@@ -55,13 +57,22 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------
 # experiments and config overrides
 
+# Experiments that are pipelines of several models with their own verb, not one `train` Task.
+PIPELINES = {"world_models": "gdl-jax world run --workdir DIR [--variant cpu]"}
+
+
 def experiment_names() -> list[str]:
+  """The experiments `train` runs (the pipelines of PIPELINES have their own verb)."""
   import experiments
-  return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
+  return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__)
+                if not m.name.startswith("_") and m.name not in PIPELINES)
 
 
 def resolve_experiment(model: str, dataset: str | None) -> str:
   """`vae` + `digits` -> `vae_digits` if that module exists, else `vae`."""
+  if model in PIPELINES:
+    raise UsageError(f"{model} is a pipeline of several models, not one `train` run: use "
+                     f"`{PIPELINES[model]}`.")
   names = experiment_names()
   if dataset and f"{model}_{dataset}" in names:
     return f"{model}_{dataset}"
@@ -301,6 +312,54 @@ def cmd_experiments(args) -> int:
   for name in experiment_names():
     doc = (load_experiment(name).__doc__ or "").strip().splitlines()
     print(f"{name:<28} {doc[0] if doc else ''}")
+  for name, how in PIPELINES.items():
+    print(f"{name:<28} (pipeline) {how}")
+  return 0
+
+
+def cmd_world(args, overrides) -> int:
+  """World Models: `run` (collect, V, M, C into a run dir), `collect` (rollouts alone), `replay`."""
+  from experiments import world_models as wm
+  if args.world_command == "replay":
+    _check_int_flag("--seed", args.seed, 0, SEED_LIMIT - 1)
+    if args.max_steps is not None:
+      _check_int_flag("--max_steps", args.max_steps, 1)
+    if not os.path.isdir(args.run):
+      raise UsageError(f"run directory {args.run!r} does not exist; pass a `gdl-jax world run` --workdir.")
+    if args.gif:
+      _check_new_path("--gif", args.gif, directory=False)
+    out = wm.replay(args.run, args.seed, controller=args.controller, max_steps=args.max_steps,
+                    gif=args.gif)
+    print(json.dumps({"seed": args.seed, "controller": args.controller, **out}))
+    return 0
+  try:
+    config = wm.get_config(args.variant)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+  if args.world_command == "collect":
+    for flag in ("episodes", "max_steps", "workers", "shard_size"):
+      if getattr(args, flag) is not None:
+        _check_int_flag(f"--{flag}", getattr(args, flag), 1)
+        overrides = [f"collect.{flag}={getattr(args, flag)}"] + list(overrides)
+  if args.rollouts:
+    overrides = [f"rollouts={args.rollouts}"] + list(overrides)
+  apply_overrides(config, overrides)
+  wm.check(config)
+  if args.world_command == "collect":
+    from gdl_jax.world import collect
+    c = config.collect
+    out = collect.collect(wm.rollouts_dir(config), episodes=int(c.episodes), max_steps=int(c.max_steps),
+                          seed=int(config.seed), shard_size=int(c.shard_size), workers=int(c.workers))
+    print(json.dumps({"rollouts": wm.rollouts_dir(config), **out}))
+    return 0
+  workdir = args.workdir or os.path.join("runs", "world_models")
+  _check_new_path("--workdir", workdir, directory=True)
+  metrics = wm.run(config, workdir, quiet=args.quiet)
+  keys = ("mdn_heldout_nll", "mdn_gaussian_heldout_nll", "persistence_heldout_nll", "random_mean",
+          "real_eval_mean", "dream_eval_mean")
+  print(json.dumps({k: metrics[k] for k in keys if k in metrics}))
+  print(f"run written to {workdir}: metrics.json, returns.png, real_rollout.gif, dream_rollout.gif, "
+        "controller_*.npy")
   return 0
 
 
@@ -810,6 +869,27 @@ def build_parser() -> argparse.ArgumentParser:
   pt.add_argument("--model", default=None,
                   help="a `gdl-jax train style_net` run directory: stylise in one network pass")
   pt.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+  w = sub.add_parser("world", help="World Models on CarRacing-v3 (the `world` extra): run the "
+                     "pipeline, collect rollouts, or replay a trained controller")
+  wsub = w.add_subparsers(dest="world_command", required=True)
+  for verb, text in (("run", "collect, V, M, C and their evaluation into --workdir (resumable); "
+                      "--config.KEY=VALUE overrides"), ("collect", "random-policy rollouts alone")):
+    wp = wsub.add_parser(verb, help=text)
+    wp.add_argument("--variant", default="default", help="default (paper sizes), cpu, tiny")
+    wp.add_argument("--rollouts", default=None, help="rollout directory (default: under the data dir)")
+    wp.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    if verb == "run":
+      wp.add_argument("--workdir", default=None)
+    else:
+      for flag in ("episodes", "max_steps", "workers", "shard_size"):
+        wp.add_argument(f"--{flag}", type=int, default=None)
+  wr = wsub.add_parser("replay", help="drive a run's saved controller on one track seed")
+  wr.add_argument("run")
+  wr.add_argument("--seed", type=int, default=1_000_000, help="track seed (held-out ones: 1000000+)")
+  wr.add_argument("--controller", choices=("real", "dream"), default="real")
+  wr.add_argument("--max_steps", type=int, default=None)
+  wr.add_argument("--gif", default=None, help="also write the rollout (frame | V's reconstruction)")
+  wr.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   return p
 
 
@@ -834,8 +914,9 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides = _split_config_args(argv)
     args = build_parser().parse_args(rest)
-    if overrides and args.command not in ("train", "evaluate", "sample"):
-      raise UsageError("--config.KEY=VALUE overrides only apply to `train`, `evaluate` and `sample`.")
+    if overrides and args.command not in ("train", "evaluate", "sample", "world"):
+      raise UsageError("--config.KEY=VALUE overrides only apply to `train`, `evaluate`, `sample` "
+                       "and `world run`.")
     with progress.quiet(getattr(args, "quiet", False)):
       if args.command == "datasets":
         return cmd_datasets(args)
@@ -851,6 +932,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_report(args)
       if args.command == "paint":
         return cmd_paint(args)
+      if args.command == "world":
+        return cmd_world(args, overrides)
   except (DataError, ConfigError, UsageError, RunDirError, CheckpointError,
           PerceptualWeightsError) as e:
     print(f"gdl-jax: error: {_one_line(e)}", file=sys.stderr)

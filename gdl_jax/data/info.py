@@ -43,6 +43,8 @@ class DatasetInfo:
   domain_classes: tuple[int, ...] = ()
   mapping: str = ""
   duration_vocab: tuple[str, ...] = ()
+  # kind "latents" (World Models' M, experiments/world_models.py): windows of a VAE's posterior
+  # means "mu" [N, T, Z] with "logvar", "action" [N, T, A], "reward", "done", "mask" [N, T].
 
   @property
   def dims(self) -> int:
@@ -63,7 +65,7 @@ class Dataset:
   @property
   def x_key(self) -> str:
     return {"image": "image", "points": "x", "text": "tokens", "unpaired": "a",
-            "music": "tokens", "pianoroll": "roll"}[self.info.kind]
+            "music": "tokens", "pianoroll": "roll", "latents": "mu"}[self.info.kind]
 
   def num_examples(self, split: str = "train") -> int:
     return len(getattr(self, split)[self.x_key])
