@@ -23,7 +23,7 @@ from importlib import metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "constraints.txt")
-EXTRAS = ("test", "faces", "text", "perceptual", "world")  # not `bench` (torch, keras: baselines of the benchmarks)
+EXTRAS = ("test", "notebooks", "faces", "text", "music", "perceptual", "world")  # not `bench` (torch, keras: baselines of the benchmarks)
 HEADER = """\
 # Versions CI tests: pip install -e ".[test]" -c constraints.txt
 # Regenerate with: python tools/refresh_constraints.py   (then run .ci/run before committing)
