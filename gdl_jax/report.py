@@ -242,6 +242,17 @@ def metrics_table(rows: list[tuple[str, dict, str]]) -> str:
           f"<tbody>{''.join(body)}</tbody></table>")
 
 
+def scalar_table(metrics: dict) -> str:
+  """An HTML table of a metrics dict's scalar entries (numbers, booleans, strings), one per row."""
+  from gdl_jax.evaluation.harness import _fmt
+  rows = [(k, v) for k, v in metrics.items()
+          if isinstance(v, (int, float, str, bool)) and k not in ("experiment", "dataset")]
+  body = "".join(f'<tr class="run"><th scope="row">{html.escape(str(k))}</th>'
+                 f"<td>{html.escape(v if isinstance(v, str) else str(v) if isinstance(v, bool) else _fmt(v, '{:.4g}'))}</td></tr>"
+                 for k, v in rows)
+  return f'<table class="metrics"><thead><tr><th>metric</th><th>value</th></tr></thead><tbody>{body}</tbody></table>'
+
+
 # ---------------------------------------------------------------------------------------------
 # the page
 
@@ -311,12 +322,12 @@ def write_report(runs: Sequence[str], out: str, *, baselines: Optional[Sequence[
     shutil.copyfile(src, os.path.join(out, rel))
     written.append(rel)
   from gdl_jax.train.loop import read_metrics
-  sections, table_rows = [], {}
+  sections, table_rows, own_tables = [], {}, []
   for run, slug, files in entries:
     runinfo = _read_json(os.path.join(run, "run.json")) or {}
     config = _read_json(os.path.join(run, "config.json")) or {}
     name = runinfo.get("experiment", slug)
-    dataset = config.get("dataset", "?")
+    dataset = config.get("dataset", "–")
     rows = read_metrics(run)
     curves = os.path.join("curves", f"{slug}.png")
     os.makedirs(os.path.join(out, "curves"), exist_ok=True)
@@ -325,8 +336,13 @@ def write_report(runs: Sequence[str], out: str, *, baselines: Optional[Sequence[
       written.append(curves)
     mets = metrics_files(run)
     for tag, m in mets:
-      table_rows.setdefault(m.get("dataset", dataset), []).append(
-          (f"{slug}" + (f" [{tag}]" if tag else ""), m, "run"))
+      label = f"{slug}" + (f" [{tag}]" if tag else "")
+      if "dataset" not in config and "dataset" not in m:   # a pipeline (World Models): its own keys
+        own_tables.append(f"<h3>{html.escape(label)} ({html.escape(str(name))})</h3>"
+                          f"<p class=meta>no harness dataset: the run's own scalar metrics</p>"
+                          + scalar_table(m))
+        continue
+      table_rows.setdefault(m.get("dataset", dataset), []).append((label, m, "run"))
     sections.append(_run_section(run, slug, name, dataset, config, rows, files,
                                  curves if has_curves else None, mets))
   tables = []
@@ -337,6 +353,7 @@ def write_report(runs: Sequence[str], out: str, *, baselines: Optional[Sequence[
             f"--dataset {ds} to fit them)")
     tables.append(f"<h3>{html.escape(ds)}</h3><p class=meta>{html.escape(note)}</p>" +
                   metrics_table(rows + brows))
+  tables += own_tables
   nav = " ".join(f'<a href="#{s}">{html.escape(s)}</a>' for _, s, _ in entries)
   page = (f"<!doctype html>\n<html lang=en><head><meta charset=utf-8><title>{html.escape(title)}"
           f"</title><style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"

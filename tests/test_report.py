@@ -228,3 +228,25 @@ addEventListener('load', () => {
   assert (im < 128).mean() > 0.01 and len(np.unique(im)) > 50
   if os.environ.get("GDL_REPORT_SCREENSHOT"):  # to look at it: GDL_REPORT_SCREENSHOT=/tmp/shot.png
     shutil.copyfile(shot, os.environ["GDL_REPORT_SCREENSHOT"])
+
+
+def test_a_run_without_a_harness_dataset_gets_its_own_metrics_table(runs, tmp_path, capsys):
+  """A pipeline run (World Models: no `dataset` in its config, its own metrics.json keys) is shown
+  with its scalar metrics, not as an empty row under an unknown dataset."""
+  root, a, _ = runs
+  world = tmp_path / "runs" / "world"
+  world.mkdir(parents=True)
+  (world / "run.json").write_text(json.dumps({"experiment": "world_models"}))
+  (world / "config.json").write_text(json.dumps({"seed": 0, "collect": {"episodes": 2}}))
+  (world / "metrics.json").write_text(json.dumps({"real_eval_mean": 30.125, "m_beats_baselines": True,
+                                                  "real_eval_returns": [1.0, 2.0]}))
+  shutil.copytree(a, tmp_path / "runs" / "vae_a")
+  out = tmp_path / "report"
+  assert cli.main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0
+  capsys.readouterr()
+  page = (out / "index.html").read_text()
+  assert "<h3>world (world_models)</h3>" in page and "<h3>?</h3>" not in page
+  assert '<th scope="row">real_eval_mean</th><td>30.12</td>' in page
+  assert '<th scope="row">m_beats_baselines</th><td>True</td>' in page
+  assert "real_eval_returns" not in page.split("<h3>world (world_models)</h3>")[1].split("</table>")[0]
+  assert "<h3>digits</h3>" in page   # the harness runs keep their dataset table
