@@ -80,20 +80,20 @@ def over_all_devices(config):
 
 def last_test_metrics(workdir):
   """The last held-out row the loop wrote to metrics.jsonl."""
-  rows = [r for r in loop.read_metrics(workdir) if r["split"] == "test"]
+  rows = [r for r in loop.read_metrics(workdir) if r["split"] in ("test", "valid")]
   return rows[-1] if rows else {}
 
 
 def show_curves(run_dirs, metric="loss", size=(7.0, 3.5)):
   """Training curves, inline: `metric` against the step for each run ({title: run_dir}), its
-  training rows as a line and its held-out rows as dots, read from each run's metrics.jsonl."""
+  training rows as a line and its held-out rows (validation squares, test dots) as points, read from each run's metrics.jsonl."""
   plt.figure(figsize=size)
   for title, workdir in run_dirs.items():
     rows = [r for r in loop.read_metrics(workdir) if metric in r]
     if not rows:
       raise ValueError(f"{workdir}/metrics.jsonl has no {metric!r}; its keys: "
                        f"{sorted({k for r in loop.read_metrics(workdir) for k in r})}")
-    for split, style in (("train", "-"), ("test", "o")):
+    for split, style in (("train", "-"), ("valid", "s"), ("test", "o")):
       pts = [(r["step"], r[metric]) for r in rows if r["split"] == split]
       if pts:
         plt.plot(*zip(*pts), style, label=f"{title} ({split})")

@@ -196,15 +196,21 @@ def init_state(task: Task, config, dataset: data_lib.Dataset, mesh):
   return state, dict(step=step_key, eval=eval_key, sample=sample_key)
 
 
-def evaluate_heldout(task: Task, state, dataset, config, mesh, key) -> dict:
-  """Example-weighted mean of task.eval_step over the first `eval_batches` test batches.
+def heldout_split(dataset) -> str:
+  """The split the loop evaluates during training: "valid" where the dataset has one (so a step
+  count or a checkpoint chosen from the curves never looked at the test split), else "test"."""
+  return "valid" if getattr(dataset, "valid", None) is not None else "test"
+
+
+def evaluate_heldout(task: Task, state, dataset, config, mesh, key, split: str = "test") -> dict:
+  """Example-weighted mean of task.eval_step over the first `eval_batches` batches of `split`.
 
   The last partial batch is evaluated too (trimmed to a multiple of the device count), so with
-  eval_batches large enough this covers the whole test split.
+  eval_batches large enough this covers the whole split.
   """
   if task.eval_step is None:
     return {}
-  n_test = dataset.num_examples("test")
+  n_test = dataset.num_examples(split)
   ndev = mesh.devices.size
   bs = min(config.batch_size, n_test // ndev * ndev)
   sums: dict[str, float] = {}
@@ -214,7 +220,7 @@ def evaluate_heldout(task: Task, state, dataset, config, mesh, key) -> dict:
     hi = min(lo + bs, lo + (n_test - lo) // ndev * ndev)
     if hi <= lo:
       break
-    batch = sharding.local_part({k: v[lo:hi] for k, v in dataset.test.items()}, mesh)
+    batch = sharding.local_part({k: v[lo:hi] for k, v in getattr(dataset, split).items()}, mesh)
     m = sharding.fetch(task.eval_step(state, sharding.shard_batch(batch, mesh),
                                       jax.random.fold_in(key, i)))
     for k, v in m.items():
@@ -338,9 +344,10 @@ def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_s
       if step % config.log_every == 0 or step == end:
         flush(step)
       if step % config.eval_every == 0 or step == total:
-        ev = evaluate_heldout(task, state, dataset, config, mesh, keys["eval"])
+        split = heldout_split(dataset)
+        ev = evaluate_heldout(task, state, dataset, config, mesh, keys["eval"], split)
         if ev:
-          writer.write(step, "test", ev)
+          writer.write(step, split, ev)
       if step % config.ckpt_every == 0 or step == end:
         flush(step)
         ckpt.save(mngr, step, state)

@@ -82,6 +82,29 @@ def test_resume_after_kill_equals_uninterrupted(digits, tmp_path):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
 
 
+def test_periodic_eval_uses_the_validation_split_where_there_is_one(digits, tmp_path):
+  """A dataset with a `valid` split: the loop's held-out rows are "valid" rows computed on it (so a
+  step count read off the curves never saw the test split); without one they stay "test" rows."""
+  import dataclasses
+  c = _tiny(digits_steps=3)
+  task = classifier.build(c, digits.info)
+  half = digits.num_examples("test") // 2
+  valid = {k: v[:half] for k, v in digits.test.items()}
+  test = {k: v[half:] for k, v in digits.test.items()}
+  with_valid = dataclasses.replace(digits, test=test, valid=valid)
+  state = loop.fit(task, c, with_valid, str(tmp_path / "v"), progress=False)
+  rows = [r for r in loop.read_metrics(str(tmp_path / "v")) if r["split"] != "train"]
+  assert [r["split"] for r in rows] == ["valid"]
+  mesh = loop.sharding.make_mesh()
+  key = jax.random.key(0)
+  on_valid = loop.evaluate_heldout(task, state, with_valid, c, mesh, key, "valid")
+  on_test = loop.evaluate_heldout(task, state, with_valid, c, mesh, key, "test")
+  np.testing.assert_allclose(rows[0]["loss"], on_valid["loss"], rtol=1e-5)
+  assert abs(on_valid["loss"] - on_test["loss"]) > 1e-6  # the two splits are told apart
+  loop.fit(task, c, digits, str(tmp_path / "t"), progress=False)
+  assert {r["split"] for r in loop.read_metrics(str(tmp_path / "t"))} == {"train", "test"}
+
+
 def test_different_config_refused_and_untouched(digits, tmp_path):
   c = _tiny(2)
   task = classifier.build(c, digits.info)
