@@ -9,19 +9,20 @@ fashion_mnist_inverted / digits_transposed (a known map f, presented unpaired), 
 (32x32 crops of two scikit-image photos), apple2orange (the book's, tfds, when prepared), and any
 pair:<base>:<class A>:<class B> or map:<base>:<f>.
 Variants: default, small (a CPU budget), tiny (tests).
-Acceptance runs (issue 16; not measured yet: the shared CPU gave this branch's runs ~1% of a core):
-      gdl-jax train cyclegan --dataset fashion_sneaker_boot --variant small --steps 1000 --workdir R1
-      gdl-jax train cyclegan --dataset digits_inverted --variant small --steps 500 --workdir R2
+Acceptance runs (issue 16; numbers, wall times and commands in README's Paint table):
+      gdl-jax train cyclegan --dataset fashion_sneaker_boot --variant small --steps 2500 --workdir R1
+      gdl-jax train cyclegan --dataset digits_inverted --variant small --steps 1500 --workdir R2
       gdl-jax evaluate R1; gdl-jax evaluate R2
-  targets: target_accuracy_ab >= 0.85, cycle_mae < 0.05, fd_ab < fd_ab_untranslated (R1);
-  mse_ab <= mse_identity_ab / 4 (R2).
+  targets: target_accuracy_ab >= 0.85, cycle_mae < 0.05, fd_ab < fd_ab_untranslated (R1: 85.9%,
+  0.048, 21.3 vs 113.6); mse_ab <= mse_identity_ab / 4 (R2: 0.170 / 0.179 of 0.717 for A->B / B->A).
 
 Two generators G: A -> B and F: B -> A (model.generator: "resnet", c7s1-k / d2k / residual
 blocks / u / c7s1 with instance norm, or "unet"; gdl_jax.models.cyclegan) and two PatchGAN critics
 D_A, D_B (gdl_jax.models.patchgan), trained as ONE two-player Task by the shared step
 (gdl_jax.objectives.gan_step.make_two_player_step): the generators minimise
   LSGAN(D_B(G(a))) + LSGAN(D_A(F(b))) + cycle_weight * (|F(G(a)) - a| + |G(F(b)) - b|)
-  + identity_weight * (|G(b) - b| + |F(a) - a|)                      (10 and 5: the book's recipe)
+  + identity_weight * (|G(b) - b| + |F(a) - a|)                      (10 and 5: the book's recipe;
+                                                        0 for known maps, see get_config)
 then the critics minimise the least-squares loss on real images vs the fakes passed through an
 image history of model.pool_size (50) per domain, kept in state.extra["pool"] (so resume is
 exact). Adam 2e-4, b1 0.5, constant for the first half and linearly to 0 over the second
@@ -46,6 +47,7 @@ import numpy as np
 from experiments._common import base_config, shrink
 from gdl_jax.configs import NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ConfigError, Needs, OneOf
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
+from gdl_jax.data.unpaired import SHORTCUTS
 from gdl_jax.models.cyclegan import GENERATORS, check_size, make_generator
 from gdl_jax.models.patchgan import PatchDiscriminator
 from gdl_jax.objectives import cyclegan as L
@@ -83,6 +85,12 @@ def get_config(variant: str = "default", dataset: str = "fashion_sneaker_boot") 
                    "apple2orange": dict(disc_features=(64, 128, 256))}
   base = dataset.split(":")[1] if ":" in dataset else dataset.split("_")[0]
   c.model.update(shape_presets.get(base, {}))
+  if SHORTCUTS.get(dataset, dataset).startswith("map:"):
+    # A known map f with f(b) != b: the identity term |G(b) - b| pulls G towards the identity, i.e.
+    # away from f, and the generators then satisfy the cycle loss with a different (inverted)
+    # digit. Measured on digits_inverted (small): MSE ratio to f 0.24-0.29 with the book's 5,
+    # 0.15-0.18 without it (README, issue 16).
+    c.model.identity_weight = 0.0
   if variant == "small":      # a CPU budget
     c.steps = min(c.steps, 3000)
     c.model.update(gen_features=16, n_blocks=min(c.model.n_blocks, 4),

@@ -28,7 +28,7 @@ def _task(ds, steps=None, **model):
 
 
 def test_step_fills_the_history_and_updates_all_four_networks(inverted):
-  c, task = _task(inverted, pool_size=12)
+  c, task = _task(inverted, pool_size=12, identity_weight=5.0)  # the known-map preset has 0
   batch = data.batch_at(inverted.train, 0, 8, 0)
   state = task.init(jax.random.key(0), batch)
   before = jax.tree.map(np.asarray, state.params)
@@ -136,3 +136,13 @@ def test_cli_bad_domains_are_one_line(dataset, message, capsys):
   assert cli.main(["train", "cyclegan", "--dataset", dataset, "--variant", "tiny", "--check"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and message in err[0], err
+
+
+def test_known_maps_drop_the_identity_term_class_pairs_keep_it():
+  """For a known map f (f(b) != b) the identity loss |G(b) - b| pulls G away from f; the presets
+  turn it off there and keep the book's 5 for unpaired class/photo domains (overridable)."""
+  from experiments import cyclegan
+  for name in ("digits_inverted", "fashion_mnist_inverted", "digits_transposed", "map:digits:swap_rb"):
+    assert cyclegan.get_config("small", name).model.identity_weight == 0.0, name
+  for name in ("fashion_sneaker_boot", "photos_cat_coffee", "pair:fashion_mnist:sandal:sneaker"):
+    assert cyclegan.get_config("small", name).model.identity_weight == 5.0, name
