@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
-from gdl_jax.configs import POSITIVE, POSITIVE_INT, ConfigError, Needs
+from gdl_jax.configs import POSITIVE, POSITIVE_INT, ConfigError, Needs, OneOf
 from gdl_jax.data.info import DatasetInfo
 from gdl_jax.models.music_transformer import MusicTransformer
 from gdl_jax.optim import make_optimizer
@@ -36,7 +36,8 @@ from gdl_jax.train.task import Task
 
 NEEDS = Needs("music", hint="use chorales, folk or midi:FOLDER")
 TEST_DATASET = "chorales_tiny"   # the CLI fuzz's dataset (8 chorales; all 350 take minutes to parse)
-RULES = {"model.dim": POSITIVE_INT, "model.num_heads": POSITIVE_INT, "model.temperature": POSITIVE}
+RULES = {"model.dim": POSITIVE_INT, "model.num_heads": POSITIVE_INT, "model.temperature": POSITIVE,
+         "model.embed_std": POSITIVE, "model.positions": OneOf(("sine", "rotary"))}
 
 
 def check(config, info: DatasetInfo) -> None:
@@ -49,7 +50,8 @@ def get_config(variant: str = "default", dataset: str = "chorales") -> ml_collec
   c = base_config(dataset, steps=2000, batch_size=32, lr=1e-3, schedule="cosine", warmup_steps=100,
                   final_lr_frac=0.05, clip_norm=1.0)
   c.model = ml_collections.ConfigDict(dict(dim=128, num_heads=4, num_layers=3, mlp_ratio=4,
-                                           dropout=0.1, temperature=1.0))
+                                           dropout=0.1, temperature=1.0, embed_std=1.0,
+                                           positions="sine"))
   c.num_samples = 64
   if variant == "tiny":
     shrink(c, steps=4, batch_size=8)
@@ -148,7 +150,8 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   model = MusicTransformer(note_vocab=len(info.vocab), duration_vocab=len(info.duration_vocab),
                            max_len=info.shape[0], dim=int(mc.dim), num_heads=int(mc.num_heads),
                            num_layers=int(mc.num_layers), mlp_ratio=int(mc.mlp_ratio),
-                           dropout=float(mc.dropout))
+                           dropout=float(mc.dropout), embed_std=float(mc.get("embed_std", 1.0)),
+                           positions=str(mc.get("positions", "sine")))
   return music_task(model, config, info, figure=heatmap_figure)
 
 

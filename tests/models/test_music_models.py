@@ -16,6 +16,8 @@ VN, VD, T = 11, 5, 12
 
 def _models():
   return {"transformer": MusicTransformer(VN, VD, T, dim=16, num_heads=2, num_layers=2),
+          "transformer_rotary": MusicTransformer(VN, VD, T, dim=16, num_heads=2, num_layers=2,
+                                                 positions="rotary"),
           "lstm": MusicLSTM(VN, VD, T, embed_dim=8, hidden=16, attn_dim=8, window=5)}
 
 
@@ -36,7 +38,7 @@ def _embed_delta(model, params, tokens, delta):
     return model.apply({"params": params}, tokens)
 
 
-@pytest.mark.parametrize("name", ["transformer", "lstm"])
+@pytest.mark.parametrize("name", ["transformer", "transformer_rotary", "lstm"])
 def test_causality_by_gradients(name):
   model = _models()[name]
   tokens = _tokens()
@@ -53,7 +55,7 @@ def test_causality_by_gradients(name):
     assert g[t, t] > 0
 
 
-@pytest.mark.parametrize("name", ["transformer", "lstm"])
+@pytest.mark.parametrize("name", ["transformer", "transformer_rotary", "lstm"])
 def test_cached_sampling_equals_uncached(name):
   model = _models()[name]
   params = model.init(jax.random.key(1), _tokens())["params"]
@@ -67,6 +69,25 @@ def test_cached_sampling_equals_uncached(name):
     assert a.shape == (3, T, 2)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(a[..., 0].max()) < VN and int(a[..., 1].max()) < VD
+
+
+def test_rotary_positions_are_relative_sine_ones_absolute():
+  """positions="rotary": the same events at positions 3.. instead of 0.. (no cache) give the same
+  logits (only offsets enter the attention); with the sine codes they change."""
+  tokens = _tokens()
+  for name, same in (("transformer_rotary", True), ("transformer", False)):
+    model = _models()[name]
+    params = model.init(jax.random.key(2), tokens)["params"]
+    inputs = tokens[:, :T - 3]
+    out = lambda index: model.apply({"params": params}, inputs, jnp.asarray(index, jnp.int32),  # noqa: E731
+                                    None, False, method=MusicTransformer._forward)[0][0]
+    close = np.allclose(np.asarray(out(0)), np.asarray(out(3)), atol=1e-4)
+    assert close == same, name
+
+
+def test_bad_positions_name_is_clear():
+  with pytest.raises(ValueError, match="positions='learned'; use 'sine' or 'rotary'"):
+    MusicTransformer(VN, VD, T, dim=16, num_heads=2, positions="learned").init(jax.random.key(0), _tokens())
 
 
 def test_lstm_attention_weights_are_causal_and_windowed():
