@@ -4,7 +4,10 @@ Run:  gdl-jax train pixelcnn_digits --workdir runs/pixelcnn_digits
       (--config.model.arch=plain for the book's masked-conv stack, --config.model.head=categorical)
 A gated PixelCNN (vertical + horizontal stacks, no blind spot) outputs a discretized mixture of
 logistics over the 17 levels for every pixel given the pixels before it in raster order, so
-log_prob is the exact log p(image) in nats. Samples: one jitted lax.fori_loop over the 64 pixels.
+log_prob is the exact log p(image) in nats. Samples: one jitted lax.fori_loop over the 64 pixels;
+the gated model caches its activations and computes one position per layer per pixel
+(`sample_raster_cached`: the same images for the same key as re-running the whole network per pixel
+with `sample_raster`, which the plain arch uses; benchmarks/samplers.py measures the speed-up).
 
 MEASURED (default config, 214,623 params, 1200 steps of batch 32 in 358 s on 2 shared CPU cores):
 held-out bits/dim 1.771 on all 360 test digits (`gdl-jax evaluate RUN --no_features`), novelty
@@ -29,10 +32,10 @@ import ml_collections
 from experiments._common import base_config, shrink
 from gdl_jax.configs import POSITIVE, POSITIVE_INT, ConfigError, Needs, OneOf
 from gdl_jax.data.info import DatasetInfo
-from gdl_jax.models.pixelcnn import ARCHS, HEADS, PixelCNN
+from gdl_jax.models.pixelcnn import ARCHS, HEADS, PixelCNN, raster_steps
 from gdl_jax.objectives.autoregressive import bits_per_dim, log_prob_of, make_nll_loss
 from gdl_jax.optim import make_optimizer
-from gdl_jax.samplers.autoregressive import sample_raster
+from gdl_jax.samplers.autoregressive import RasterSteps, sample_raster, sample_raster_cached
 from gdl_jax.train.state import TrainState
 from gdl_jax.train.step import make_train_step
 from gdl_jax.train.task import Task
@@ -87,6 +90,18 @@ def make_model(mc, levels: int) -> PixelCNN:
                   head_features=int(mc.head_features), dropout=float(mc.dropout))
 
 
+def sample_images(model: PixelCNN, params, key, shape, *, cached: bool | None = None, **sampling):
+  """Images [B, H, W, C] in raster order. cached=None: the activation cache where the arch has one
+  (gated), else the whole network per pixel; both give the same images for the same key."""
+  if cached is None:
+    cached = model.arch == "gated"
+  if cached:
+    steps = RasterSteps(*raster_steps(model, params, tuple(shape[1:3])))
+    return sample_raster_cached(steps, key, shape, **sampling)
+  fn = lambda x: model.apply({"params": params}, x)  # noqa: E731  [B, H, W, C, levels]
+  return sample_raster(fn, key, shape, **sampling)
+
+
 def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   if (problem := NEEDS.problem(info)):
     raise ConfigError(f"PixelCNN {problem}")
@@ -113,8 +128,7 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
 
   @functools.partial(jax.jit, static_argnums=2)
   def _sample(params, key, n):
-    fn = lambda x: model.apply({"params": params}, x)  # [n, H, W, C, levels]
-    return sample_raster(fn, key, (n,) + shape, temperature=float(mc.temperature))
+    return sample_images(model, params, key, (n,) + shape, temperature=float(mc.temperature))
 
   log_prob_jit = jax.jit(log_prob_fn, static_argnums=3)
 

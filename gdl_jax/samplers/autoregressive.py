@@ -8,7 +8,7 @@ model with the same key give the same tokens.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +119,45 @@ def sample_raster(log_probs_fn: Callable[[jax.Array], jax.Array], key, shape, **
     return x.reshape(b, d).at[:, t].set(tok).reshape(shape)
 
   return jax.lax.fori_loop(0, d, body, x)
+
+
+class RasterSteps(NamedTuple):
+  """A model's incremental raster computation, for `sample_raster_cached` (single-channel images).
+
+  init(batch) -> cache;  pixel(cache, i, j) -> (logits [B, levels], cache) of pixel (i, j) given
+  the pixels before it;  commit(cache, i, j, tok int32 [B]) -> cache once pixel (i, j) is drawn;
+  end_row(cache, i) -> cache after row i is complete (not called after the last row).
+  """
+
+  init: Callable[[int], Any]
+  pixel: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+  commit: Callable[[Any, jax.Array, jax.Array, jax.Array], Any]
+  end_row: Callable[[Any, jax.Array], Any]
+
+
+def sample_raster_cached(steps: RasterSteps, key, shape, **sampling):
+  """The same draws as `sample_raster` with cached activations: each pixel costs one position.
+
+  shape (B, H, W, 1); pixel (i, j) is drawn with `fold_in(key, i * W + j)` from the logits
+  steps.pixel returns, so with logits equal to log_probs_fn's (up to float reassociation) the
+  images are those of `sample_raster`. Two nested lax.fori_loops (rows, columns), jit/vmap-able.
+  """
+  b, h, w, c = shape
+  if c != 1:
+    raise ValueError(f"sample_raster_cached draws single-channel images; shape={shape}. "
+                     "Use sample_raster for several channels.")
+
+  def row(i, carry):
+    def col(j, carry):
+      cache, x = carry
+      logits, cache = steps.pixel(cache, i, j)
+      tok = sample_logits(jax.random.fold_in(key, i * w + j), logits, **sampling)
+      x = jax.lax.dynamic_update_slice(x, tok[:, None, None, None], (0, i, j, 0))
+      return steps.commit(cache, i, j, tok), x
+
+    cache, x = jax.lax.fori_loop(0, w, col, carry)
+    cache = jax.lax.cond(i < h - 1, lambda c: steps.end_row(c, i), lambda c: c, cache)
+    return cache, x
+
+  _, x = jax.lax.fori_loop(0, h, row, (steps.init(b), jnp.zeros(shape, jnp.int32)))
+  return x
