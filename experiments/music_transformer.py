@@ -4,7 +4,8 @@ Run:  python -m gdl_jax.cli train music_transformer --dataset chorales --workdir
       python -m gdl_jax.cli evaluate runs/mt_chorales          (bits/note, n-gram baselines, in-key, copies)
       python -m gdl_jax.cli sample runs/mt_chorales --num 4 --out samples_dir   (.mid, .wav, .png)
 Events are (note, duration) pairs (gdl_jax.data.music: the chordified top line with key and
-time-signature tokens); summed note + duration embeddings with sine positions, causal pre-LN blocks,
+time-signature tokens); summed note + duration embeddings, rotary (relative) positions by default
+(model.positions="sine": the book's sine codes added to the input), causal pre-LN blocks,
 a note head and a duration head. log_prob is the exact log p(window) = sum_t log p(note_t | .) +
 log p(duration_t | .), so bits/note = -log2 p per event. Samples are drawn with a key/value cache
 (temperature from the config). `music_task` is shared with lstm_music.
@@ -47,11 +48,13 @@ def check(config, info: DatasetInfo) -> None:
 
 
 def get_config(variant: str = "default", dataset: str = "chorales") -> ml_collections.ConfigDict:
-  c = base_config(dataset, steps=2000, batch_size=32, lr=1e-3, schedule="cosine", warmup_steps=100,
+  # steps, dropout and positions chosen on the validation pieces (README's music section): with the
+  # sine codes and dropout 0.1 the best valid bits/note was 2.92, rotary + 0.3 reached 2.74 at 900
+  c = base_config(dataset, steps=900, batch_size=32, lr=1e-3, schedule="cosine", warmup_steps=100,
                   final_lr_frac=0.05, clip_norm=1.0)
   c.model = ml_collections.ConfigDict(dict(dim=128, num_heads=4, num_layers=3, mlp_ratio=4,
-                                           dropout=0.1, temperature=1.0, embed_std=1.0,
-                                           positions="sine"))
+                                           dropout=0.3, temperature=1.0, embed_std=1.0,
+                                           positions="rotary"))
   c.num_samples = 64
   if variant == "tiny":
     shrink(c, steps=4, batch_size=8)
