@@ -16,6 +16,17 @@ groove[k]) [4Z]. `pack_latents` / `split_latents` convert between the flat vecto
 The critic: 3-D convolutions over (bars, steps, pitches) with the tracks as channels, LeakyReLU,
 no normalisation (WGAN-GP needs a critic that treats examples independently), then two dense layers
 to one unbounded score per example [B].
+
+How it is computed (the same functions as the book's layers, not a different model): every
+convolution of both players has kernel == stride and VALID padding (non-overlapping patches), so
+`PatchConv` / `PatchConvTranspose` compute it as a reshape and one matmul (einsum) with the same
+parameters, names, shapes and initialisers as nn.Conv / nn.ConvTranspose (tests check them equal).
+XLA:CPU has no fast path for strided 3-D convolutions nor for transposed (lhs-dilated) ones: their
+programs, with the gradient penalty's double backward, compiled for ~20 CPU-minutes and ran ~9 s a
+step at the small size. The per-track networks (melody temporal networks, bar generators) are one
+nn.vmap over the tracks (params stacked on a leading track axis; each track's BatchNorm sees only
+its own examples, as K separate modules would) instead of a Python loop of K modules; the bars stay
+a loop (each bar generator call normalises over its own bar, as the book's per-bar calls do).
 """
 
 from __future__ import annotations
@@ -27,6 +38,62 @@ import jax
 import jax.numpy as jnp
 
 LATENTS = ("chords", "style", "melody", "groove")
+
+_AXES = "defghijklmnopqrstuvw"
+
+
+def _check_patches(kernel_size, spatial):
+  if len(kernel_size) != len(spatial):
+    raise ValueError(f"kernel {kernel_size} has {len(kernel_size)} spatial axes; the input has {len(spatial)}.")
+
+
+class PatchConv(nn.Module):
+  """nn.Conv(features, kernel_size, strides=kernel_size, padding="VALID") as a reshape and a matmul.
+
+  x [B, *spatial, C] -> [B, *(spatial // kernel), features]; the same "kernel" [*kernel, C, F] and
+  "bias" [F] params and initialisers as nn.Conv (a trailing remainder of an axis is dropped, as VALID)."""
+
+  features: int
+  kernel_size: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    k, spatial = tuple(self.kernel_size), x.shape[1:-1]
+    _check_patches(k, spatial)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (*k, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    n = len(k)
+    out = tuple(d // ki for d, ki in zip(spatial, k))
+    x = x[(slice(None),) + tuple(slice(0, o * ki) for o, ki in zip(out, k))]
+    x = x.reshape((x.shape[0],) + sum(((o, ki) for o, ki in zip(out, k)), ()) + (x.shape[-1],))
+    outer, inner = _AXES[:n], _AXES[n:2 * n]
+    lhs = "a" + "".join(o + i for o, i in zip(outer, inner)) + "b"
+    y = jnp.einsum(f"{lhs},{inner}bc->a{outer}c", x, kernel)
+    return y + bias
+
+
+class PatchConvTranspose(nn.Module):
+  """nn.ConvTranspose(features, kernel_size, strides=kernel_size, padding="VALID") as a matmul.
+
+  x [B, *spatial, C] -> [B, *(spatial * kernel), features]; the same params and initialisers as
+  nn.ConvTranspose (transpose_kernel=False, whose output patch reads the kernel reversed)."""
+
+  features: int
+  kernel_size: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    k, spatial = tuple(self.kernel_size), x.shape[1:-1]
+    _check_patches(k, spatial)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (*k, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    n = len(k)
+    kernel = jnp.flip(kernel, axis=tuple(range(n)))
+    outer, inner = _AXES[:n], _AXES[n:2 * n]
+    rhs = "a" + "".join(o + i for o, i in zip(outer, inner)) + "c"
+    y = jnp.einsum(f"a{outer}b,{inner}bc->{rhs}", x, kernel)
+    y = y.reshape((x.shape[0],) + tuple(d * ki for d, ki in zip(spatial, k)) + (self.features,))
+    return y + bias
 
 
 class Latents(NamedTuple):
@@ -72,9 +139,10 @@ class TemporalNetwork(nn.Module):
   def __call__(self, z_BxZ, train: bool):
     bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
     h = z_BxZ[:, None, :]                                                           # [B, 1, Z]
-    h = nn.relu(bn()(nn.ConvTranspose(self.features, (2,), padding="VALID")(h)))    # [B, 2, F]
+    h = nn.relu(bn()(PatchConvTranspose(self.features, (2,), name="ConvTranspose_0")(h)))  # [B, 2, F]
     if self.n_bars > 2:
-      h = nn.ConvTranspose(self.z_dim, (self.n_bars - 1,), padding="VALID")(h)      # [B, bars, Z]
+      h = nn.ConvTranspose(self.z_dim, (self.n_bars - 1,), padding="VALID",
+                           name="ConvTranspose_1")(h)                               # [B, bars, Z]
     else:
       h = nn.Dense(self.z_dim)(h)
     h = nn.relu(bn()(h))
@@ -99,11 +167,13 @@ class BarGenerator(nn.Module):
     s0, f = self.n_steps // 8, self.features
     h = nn.relu(bn()(nn.Dense(s0 * f)(h_BxD)))
     h = h.reshape(h.shape[0], s0, 1, f)                                             # [B, S/8, 1, F]
+    conv_t = lambda c, k: PatchConvTranspose(c, k, name=f"ConvTranspose_{next(ids)}")
+    ids = iter(range(8))
     for c in (f, f // 2, f // 2):                                                   # steps x 8
-      h = nn.relu(bn()(nn.ConvTranspose(c, (2, 1), strides=(2, 1), padding="VALID")(h)))
+      h = nn.relu(bn()(conv_t(c, (2, 1))(h)))
     for i, p in enumerate(self.pitch_factors):                                      # pitches x 84
       last = i == len(self.pitch_factors) - 1
-      h = nn.ConvTranspose(1 if last else f // 2, (1, p), strides=(1, p), padding="VALID")(h)
+      h = conv_t(1 if last else f // 2, (1, p))(h)
       h = jnp.tanh(h) if last else nn.relu(bn()(h))
     return h[..., 0]                                                                # [B, S, P]
 
@@ -140,18 +210,24 @@ class MuseGenerator(nn.Module):
     temporal = lambda name: TemporalNetwork(self.n_bars, self.z_dim, self.temporal_features,
                                             self.bn_momentum, name=name)
     chords_BxNxZ = temporal("chords_temporal")(lat.chords, train)
-    melody = [temporal(f"melody_temporal_{k}")(lat.melody[:, k], train)             # K x [B, N, Z]
-              for k in range(self.n_tracks)]
-    tracks = []
-    for k in range(self.n_tracks):
-      gen = BarGenerator(self.n_steps, self.n_pitches, self.bar_features, self.pitch_factors,
-                         self.bn_momentum, name=f"bar_generator_{k}")
-      bars = []
-      for b in range(self.n_bars):
-        h = jnp.concatenate([chords_BxNxZ[:, b], lat.style, melody[k][:, b], lat.groove[:, k]], -1)
-        bars.append(gen(h, train))                                                  # [B, S, P]
-      tracks.append(jnp.stack(bars, 1))                                             # [B, N, S, P]
-    return jnp.stack(tracks, -1)                                                    # [B, N, S, P, K]
+    # One network per track, as K modules would be: params (and BatchNorm stats) stacked on axis 0.
+    per_track = lambda cls: nn.vmap(cls, variable_axes={"params": 0, "batch_stats": 0},
+                                    split_rngs={"params": True}, in_axes=(0, None), out_axes=0,
+                                    axis_size=self.n_tracks)
+    melody_KxBxNxZ = per_track(TemporalNetwork)(
+        self.n_bars, self.z_dim, self.temporal_features, self.bn_momentum,
+        name="melody_temporal")(jnp.moveaxis(lat.melody, 1, 0), train)
+    gen = per_track(BarGenerator)(self.n_steps, self.n_pitches, self.bar_features, self.pitch_factors,
+                                  self.bn_momentum, name="bar_generator")
+    b, k = z.shape[0], self.n_tracks
+    bars = []
+    for n in range(self.n_bars):       # a loop: each call's BatchNorm normalises over one bar only
+      shared = jnp.concatenate([chords_BxNxZ[:, n], lat.style], -1)                # [B, 2Z]
+      h = jnp.concatenate([jnp.broadcast_to(shared, (k, *shared.shape)), melody_KxBxNxZ[:, :, n],
+                           jnp.moveaxis(lat.groove, 1, 0)], -1)                     # [K, B, 4Z]
+      bars.append(gen(h, train))                                                    # [K, B, S, P]
+    tracks = jnp.stack(bars, 2)                                                     # [K, B, N, S, P]
+    return jnp.moveaxis(tracks, 0, -1)                                              # [B, N, S, P, K]
 
 
 class MuseCritic(nn.Module):
@@ -171,14 +247,16 @@ class MuseCritic(nn.Module):
     act = lambda h: nn.leaky_relu(h, 0.2)
     f = list(self.features)
     n_bars, n_steps = x.shape[1], x.shape[2]
-    h = act(nn.Conv(f[0], (n_bars, 1, 1), padding="VALID")(x))                     # bars -> 1
-    h = act(nn.Conv(f[1], (1, 1, 1))(h))
+    conv = lambda c, k: PatchConv(c, k, name=f"Conv_{next(ids)}")
+    ids = iter(range(len(f) + 16))
+    h = act(conv(f[0], (n_bars, 1, 1))(x))                                          # bars -> 1
+    h = act(conv(f[1], (1, 1, 1))(h))
     for c, p in zip(f[2:4], self.pitch_factors):                                   # pitches -> 1
-      h = act(nn.Conv(c, (1, 1, p), strides=(1, 1, p), padding="VALID")(h))
+      h = act(conv(c, (1, 1, p))(h))
     i = 4
     while h.shape[2] > 1:                                                           # steps -> 1
       c = f[min(i, len(f) - 1)]
-      h = act(nn.Conv(c, (1, 2, 1), strides=(1, 2, 1), padding="VALID")(h))
+      h = act(conv(c, (1, 2, 1))(h))
       i += 1
     del n_steps
     h = h.reshape(h.shape[0], -1)

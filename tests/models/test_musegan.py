@@ -2,6 +2,7 @@
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +27,86 @@ def test_shapes_and_ranges(n_bars, n_tracks):
   assert float(jnp.abs(y).max()) <= 1.0 and float(y.std()) > 0
   scores = jax.jit(lambda y: critic.apply(critic.init(jax.random.key(2), y), y))(y)
   assert scores.shape == (3,) and bool(jnp.all(jnp.isfinite(scores)))
+
+
+@pytest.mark.parametrize("kernel,shape", [((2, 1, 1), (3, 2, 16, 84, 4)), ((1, 1, 12), (2, 1, 16, 84, 5)),
+                                          ((1, 2, 1), (2, 1, 4, 1, 3)), ((1, 1, 1), (2, 1, 2, 3, 3)),
+                                          ((1, 1, 7), (2, 1, 3, 15, 2))])      # 15: VALID drops one
+def test_patch_conv_equals_flax_conv(kernel, shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  ours, ref = M.PatchConv(6, kernel), nn.Conv(6, kernel, strides=kernel, padding="VALID")
+  params = ours.init(jax.random.key(1), x)
+  ref_params = ref.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref_params)
+  np.testing.assert_array_equal(params["params"]["kernel"], ref_params["params"]["kernel"])  # same init
+  params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), params)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,shape", [((2, 1), (3, 2, 1, 8)), ((1, 7), (2, 16, 1, 4)),
+                                          ((1, 12), (2, 16, 7, 3)), ((2,), (3, 1, 5))])
+def test_patch_conv_transpose_equals_flax_conv_transpose(kernel, shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  ours, ref = M.PatchConvTranspose(6, kernel), nn.ConvTranspose(6, kernel, strides=kernel, padding="VALID")
+  params = ours.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref.init(jax.random.key(1), x))
+  params = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), params)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-4, atol=1e-4)
+
+
+def _per_track_loop(gen, variables, z, train):
+  """The generator as K separate modules called bar by bar (the book's loop), on the vmapped
+  generator's params sliced per track; returns (rolls, the updated batch_stats, stacked)."""
+  lat = M.split_latents(z, gen.z_dim, gen.n_tracks)
+  params, stats = variables["params"], dict(variables["batch_stats"])
+  temporal = M.TemporalNetwork(gen.n_bars, gen.z_dim, gen.temporal_features, gen.bn_momentum)
+  bar = M.BarGenerator(gen.n_steps, gen.n_pitches, gen.bar_features, gen.pitch_factors, gen.bn_momentum)
+  at = lambda tree, k: jax.tree.map(lambda a: a[k], tree)
+
+  def run(module, p, s, x):
+    if not train:
+      return module.apply({"params": p, "batch_stats": s}, x, False), s
+    y, upd = module.apply({"params": p, "batch_stats": s}, x, True, mutable=["batch_stats"])
+    return y, upd["batch_stats"]
+
+  chords, stats["chords_temporal"] = run(temporal, params["chords_temporal"], stats["chords_temporal"],
+                                         lat.chords)
+  melody_stats, bar_stats, tracks = [], [], []
+  for k in range(gen.n_tracks):
+    melody, s = run(temporal, at(params["melody_temporal"], k), at(stats["melody_temporal"], k),
+                    lat.melody[:, k])
+    melody_stats.append(s)
+    s, bars = at(stats["bar_generator"], k), []
+    for n in range(gen.n_bars):
+      h = jnp.concatenate([chords[:, n], lat.style, melody[:, n], lat.groove[:, k]], -1)
+      y, s = run(bar, at(params["bar_generator"], k), s, h)
+      bars.append(y)
+    bar_stats.append(s)
+    tracks.append(jnp.stack(bars, 1))
+  stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+  stats.update(melody_temporal=stack(melody_stats), bar_generator=stack(bar_stats))
+  return jnp.stack(tracks, -1), stats
+
+
+@pytest.mark.parametrize("train", [True])   # train: batch statistics, running-stat updates
+def test_vmapped_tracks_equal_the_per_track_loop(train):
+  gen = M.MuseGenerator(**TINY_GEN)
+  z = jax.random.normal(jax.random.key(0), (5, gen.latent_dim()))
+  variables = jax.jit(lambda z: gen.init(jax.random.key(1), z, train=False))(z)
+  k0 = variables["params"]["bar_generator"]["Dense_0"]["kernel"]
+  assert not np.allclose(k0[0], k0[1])       # split rngs: K independent networks at init, not one
+  variables = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), variables)
+  variables = {"params": variables["params"],
+               "batch_stats": jax.tree.map(jnp.abs, variables["batch_stats"])}    # variances > 0
+  assert jax.tree.leaves(variables["params"]["bar_generator"])[0].shape[0] == 4  # stacked per track
+  if train:
+    y, upd = jax.jit(lambda v, z: gen.apply(v, z, train=True, mutable=["batch_stats"]))(variables, z)
+    new_stats = upd["batch_stats"]
+  else:
+    y, new_stats = jax.jit(lambda v, z: gen.apply(v, z, train=False))(variables, z), variables["batch_stats"]
+  ref, ref_stats = jax.jit(lambda v, z: _per_track_loop(gen, v, z, train))(variables, z)
+  np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), new_stats, ref_stats)
 
 
 def test_latents_split_and_pack_are_inverse_and_each_input_has_its_role():
