@@ -3,7 +3,7 @@
 Run:  gdl-jax train latent_diffusion --dataset digits --workdir runs/latent_diffusion_digits
       gdl-jax sample runs/latent_diffusion_digits      (DDIM in latent space, then the decoder)
       gdl-jax evaluate runs/latent_diffusion_digits    (classifier FD, novelty, sampling FLOPs)
-Datasets: digits (8x8 -> a 4x4x4 latent), fashion_mnist (28x28 -> 7x7x4). Variants: default,
+Datasets: digits (8x8 -> a 4x4x2 latent), fashion_mnist (28x28 -> 7x7x2; not run). Variants: default,
 small (a CPU budget), tiny (tests).
 
 Stage 1 (steps 0 .. ae_steps-1): a KL-regularised convolutional autoencoder with a spatial latent
@@ -24,6 +24,15 @@ sampling FLOPs of one image (XLA's cost analysis: sampler_steps denoiser steps +
 gdl_jax/evaluation/flops.py) and the same count for the pixel DDPM (experiments/ddpm_digits.py's
 default U-Net on the images) at the same number of steps, and their ratio; `python -m
 experiments.latent_diffusion --flops` prints them without a run.
+
+MEASURED (digits, 1500 autoencoder + 2500 diffusion steps at batch 64, `gdl-jax train
+latent_diffusion --dataset digits --evaluate`, 2 shared CPU cores at load ~15-20, 359 samples):
+  c=2, kl_weight 1e-2 (default): 23:11 wall incl. evaluate; held-out recon. MSE 0.0151 per pixel
+    in [-1, 1], KL 1.28 nats/pixel; FD 5.74, novelty 1.087, no copies.
+  c=4, kl_weight 1e-3: 19:59 wall; recon. MSE 0.0066, KL 3.56 nats/pixel; FD 8.25, novelty 1.164.
+  Pixel DDPM (ddpm_digits, 2500 steps, DDIM-50 eta 1): FD 3.97. Sampling FLOPs per image at
+  DDIM-50 (XLA cost analysis): 63.9 MFLOPs (c=2; 65.0 at c=4) vs the pixel DDPM's 315.5: ratio
+  0.203 (<= 1/4, met); FD 5.74 = 1.45x the pixel DDPM's (within 1.2x: NOT met).
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ from experiments._common import base_config, shrink
 from gdl_jax.configs import NON_NEGATIVE, POSITIVE_INT, ConfigError, Needs, optimizer_rules
 from gdl_jax.data.info import DatasetInfo, from_signed, to_signed
 from gdl_jax.models.diffusion import DiffusionModel
-from gdl_jax.models.latent_diffusion import KLAutoencoder, kl_divergence, latent_geometry
+from gdl_jax.models.latent_diffusion import KLAutoencoder, latent_geometry
 from gdl_jax.objectives.diffusion import diffusion_loss
+from gdl_jax.objectives.vae import gaussian_kl
 from gdl_jax.optim import default_optimizer_config, make_optimizer
 from gdl_jax.samplers.diffusion import ddim_sample
 from gdl_jax.train.state import TrainState, ema_update
@@ -59,8 +69,9 @@ PRESETS = {"digits": dict(features=(32,)), "fashion_mnist": dict(features=(32, 6
 
 
 def autoencoder_config(**kw) -> ml_collections.ConfigDict:
-  a = ml_collections.ConfigDict(dict(features=(32,), res_blocks=1, res_hidden=32, latent_channels=4,
-                                     kl_weight=1e-3))
+  # c=2, kl_weight 1e-2 measured better than c=4, 1e-3 on digits (FD 5.74 vs 8.25, the docstring)
+  a = ml_collections.ConfigDict(dict(features=(32,), res_blocks=1, res_hidden=32, latent_channels=2,
+                                     kl_weight=1e-2))
   a.update(kw)
   return a
 
@@ -189,7 +200,9 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   def ae_loss(p, image, key):
     out = ae.apply({"params": p}, image, key)
     mse = jnp.mean((out.recon - to_signed(image, levels)) ** 2)
-    kl = jnp.mean(kl_divergence(out.posterior)) / dims                           # nats per pixel
+    post, b = out.posterior, image.shape[0]
+    kl = jnp.mean(gaussian_kl(post.mean.reshape(b, -1), post.logvar.reshape(b, -1))) / dims
+    # kl: nats per pixel
     return mse + kl_weight * kl, dict(recon_mse=mse, kl_per_dim=kl)
 
   def stage1(state, batch, key):

@@ -9,7 +9,8 @@ A convolutional VAE with a *spatial* latent: the VQ-VAE's encoder/decoder stacks
 `features`, so h = H / 2^len(features)) with a diagonal-Gaussian posterior in place of the
 quantiser (the encoder's last 1x1 conv gives mean and log-variance, 2c channels). Stage 2 is the
 project's U-Net denoiser (gdl_jax/models/diffusion.py) on the latents times a scale factor; the
-losses are in experiments/latent_diffusion.py (MSE + kl_weight * KL, then the diffusion loss).
+losses are gdl_jax.objectives (vae.gaussian_kl, diffusion.diffusion_loss), combined in
+experiments/latent_diffusion.py (MSE + kl_weight * KL, then the diffusion loss).
 """
 
 from __future__ import annotations
@@ -46,12 +47,6 @@ def latent_geometry(image_shape: Sequence[int], stages: int) -> tuple[int, int]:
                      f"(len(autoencoder.features), e.g. --config.autoencoder.features='(32,)') or "
                      f"images whose sides are multiples of {f}.")
   return H // f, W // f
-
-
-def kl_divergence(post: Posterior) -> jax.Array:
-  """KL(q(z|x) || N(0, I)) summed over the latent, per example [B]."""
-  kl = 0.5 * (jnp.square(post.mean) + jnp.exp(post.logvar) - 1.0 - post.logvar)
-  return jnp.sum(kl, axis=tuple(range(1, kl.ndim)))
 
 
 class KLAutoencoder(nn.Module):
