@@ -63,6 +63,7 @@ def tiny_task(digits):
   return c, ld.build(c, digits.info)
 
 
+@pytest.mark.slow  # compiles both stages, the sampler and eval_step: ~3/4 of this file's time
 def test_two_stages_scale_factor_and_sampling(tiny_task, digits):
   """Stage 1 then stage 2 by state.step; the scale is 1/std of the first stage-2 batch's latents
   (recomputed here from the same key), then frozen; samples are levels of the image shape."""
