@@ -61,6 +61,12 @@ RULES = {
 def check(config, info: DatasetInfo) -> None:
   """Constraints between keys (the single values are in RULES)."""
   mc = config.model
+  check_unet(mc)
+  _check_vlb(mc)
+
+
+def check_unet(mc) -> None:
+  """The U-Net's and the sampler's keys of a diffusion `config.model` (latent diffusion reuses it)."""
   base, mults, levels = int(mc.base_channels), tuple(mc.channel_mults), len(mc.channel_mults)
   if base % 2:
     raise ConfigError(f"config model.base_channels={base} must be even (the time embedding's size); "
@@ -83,6 +89,10 @@ def check(config, info: DatasetInfo) -> None:
   if int(mc.sampler_steps) > T:
     raise ConfigError(f"config model.sampler_steps={mc.sampler_steps} must be in 1..num_timesteps={T}; "
                       f"pass --config.model.sampler_steps={T}.")
+
+
+def _check_vlb(mc) -> None:
+  T = int(mc.num_timesteps)
   chain = int(mc.vlb_chain_steps) or T  # the chain whose bound log_prob is
   if chain > T:
     raise ConfigError(f"config model.vlb_chain_steps={chain} must be in 0..num_timesteps={T}; "
