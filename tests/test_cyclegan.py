@@ -30,7 +30,7 @@ def _task(ds, steps=None, **model):
 def test_step_fills_the_history_and_updates_all_four_networks(inverted):
   c, task = _task(inverted, pool_size=12, identity_weight=5.0)  # the known-map preset has 0
   batch = data.batch_at(inverted.train, 0, 8, 0)
-  state = task.init(jax.random.key(0), batch)
+  state = jax.jit(task.init)(jax.random.key(0), batch)
   before = jax.tree.map(np.asarray, state.params)
   state, m = task.step(state, batch, jax.random.key(1))
   assert int(state.step) == 1 and all(np.isfinite(float(v)) for v in m.values())
@@ -52,7 +52,7 @@ def test_overfit_a_small_batch(inverted, test_seed, record_property):
   """60 steps on 8 fixed pairs: the cycle error falls to well under half its start."""
   c, task = _task(inverted, steps=60, gen_features=8, pool_size=0)
   batch = data.batch_at(inverted.train, 0, 8, test_seed)
-  state = task.init(jax.random.key(test_seed), batch)
+  state = jax.jit(task.init)(jax.random.key(test_seed), batch)
   cyc = []
   for _ in range(60):
     state, m = task.step(state, batch, jax.random.key(test_seed))
@@ -64,7 +64,7 @@ def test_overfit_a_small_batch(inverted, test_seed, record_property):
 
 def test_translate_shapes_and_errors(inverted):
   c, task = _task(inverted)
-  state = task.init(jax.random.key(0), data.batch_at(inverted.train, 0, 8, 0))
+  state = jax.jit(task.init)(jax.random.key(0), data.batch_at(inverted.train, 0, 8, 0))
   y = task.translate(state, inverted.test["a"][:5], "ab")
   assert y.shape == (5, 8, 8, 1) and y.dtype == jnp.uint8 and int(y.max()) <= 16
   with pytest.raises(ValueError, match="direction must be 'ab'"):
