@@ -19,7 +19,7 @@ to one unbounded score per example [B].
 
 How it is computed (the same functions as the book's layers, not a different model): every
 convolution of both players has kernel == stride and VALID padding (non-overlapping patches), so
-`PatchConv` / `PatchConvTranspose` compute it as a reshape and one matmul (einsum) with the same
+`PatchConv` / `PatchConvTranspose` (gdl_jax/nn/patch_conv.py) compute it as a reshape and one matmul (einsum) with the same
 parameters, names, shapes and initialisers as nn.Conv / nn.ConvTranspose (tests check them equal).
 XLA:CPU has no fast path for strided 3-D convolutions nor for transposed (lhs-dilated) ones: their
 programs, with the gradient penalty's double backward, compiled for ~20 CPU-minutes and ran ~9 s a
@@ -37,63 +37,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gdl_jax.nn.patch_conv import PatchConv, PatchConvTranspose  # noqa: F401 (tests use M.PatchConv)
+
 LATENTS = ("chords", "style", "melody", "groove")
-
-_AXES = "defghijklmnopqrstuvw"
-
-
-def _check_patches(kernel_size, spatial):
-  if len(kernel_size) != len(spatial):
-    raise ValueError(f"kernel {kernel_size} has {len(kernel_size)} spatial axes; the input has {len(spatial)}.")
-
-
-class PatchConv(nn.Module):
-  """nn.Conv(features, kernel_size, strides=kernel_size, padding="VALID") as a reshape and a matmul.
-
-  x [B, *spatial, C] -> [B, *(spatial // kernel), features]; the same "kernel" [*kernel, C, F] and
-  "bias" [F] params and initialisers as nn.Conv (a trailing remainder of an axis is dropped, as VALID)."""
-
-  features: int
-  kernel_size: tuple[int, ...]
-
-  @nn.compact
-  def __call__(self, x):
-    k, spatial = tuple(self.kernel_size), x.shape[1:-1]
-    _check_patches(k, spatial)
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (*k, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    n = len(k)
-    out = tuple(d // ki for d, ki in zip(spatial, k))
-    x = x[(slice(None),) + tuple(slice(0, o * ki) for o, ki in zip(out, k))]
-    x = x.reshape((x.shape[0],) + sum(((o, ki) for o, ki in zip(out, k)), ()) + (x.shape[-1],))
-    outer, inner = _AXES[:n], _AXES[n:2 * n]
-    lhs = "a" + "".join(o + i for o, i in zip(outer, inner)) + "b"
-    y = jnp.einsum(f"{lhs},{inner}bc->a{outer}c", x, kernel)
-    return y + bias
-
-
-class PatchConvTranspose(nn.Module):
-  """nn.ConvTranspose(features, kernel_size, strides=kernel_size, padding="VALID") as a matmul.
-
-  x [B, *spatial, C] -> [B, *(spatial * kernel), features]; the same params and initialisers as
-  nn.ConvTranspose (transpose_kernel=False, whose output patch reads the kernel reversed)."""
-
-  features: int
-  kernel_size: tuple[int, ...]
-
-  @nn.compact
-  def __call__(self, x):
-    k, spatial = tuple(self.kernel_size), x.shape[1:-1]
-    _check_patches(k, spatial)
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (*k, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    n = len(k)
-    kernel = jnp.flip(kernel, axis=tuple(range(n)))
-    outer, inner = _AXES[:n], _AXES[n:2 * n]
-    rhs = "a" + "".join(o + i for o, i in zip(outer, inner)) + "c"
-    y = jnp.einsum(f"a{outer}b,{inner}bc->{rhs}", x, kernel)
-    y = y.reshape((x.shape[0],) + tuple(d * ki for d, ki in zip(spatial, k)) + (self.features,))
-    return y + bias
 
 
 class Latents(NamedTuple):
