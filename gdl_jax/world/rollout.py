@@ -50,14 +50,21 @@ def make_policy(agent: Agent):
   return step, mdn.initial_carry(())
 
 
-def real_rollout(policy, ctrl, track_seed: int, max_steps: int, *, record: bool = False) -> dict:
+def real_rollout(policy, ctrl, track_seed: int, max_steps: int, *, record: bool = False,
+                 patience: int = 0) -> dict:
   """One episode of the agent on track `track_seed`: {"return", "steps"} (+ "frames", "z" [T, ...]
-  with record=True)."""
+  with record=True).
+
+  patience > 0 (CMA-ES fitness only, never evaluation) ends an episode once `patience` steps in a
+  row earned no tile and books the rest as tile-less steps: return - 0.1 * (max_steps - t), the
+  return the episode would have had if the car never reached a new tile again (CarRacing pays
+  -0.1 per frame), so a candidate parked on the grass costs `patience` steps, not `max_steps`.
+  """
   from gdl_jax.world import env as env_lib
   step, carry0 = policy
   env = env_lib.make_env(max_steps)
   frames, zs = [], []
-  total, t = 0.0, 0
+  total, t, idle = 0.0, 0, 0
   try:
     obs, _ = env.reset(seed=int(track_seed))
     carry = carry0
@@ -72,6 +79,10 @@ def real_rollout(policy, ctrl, track_seed: int, max_steps: int, *, record: bool 
       total += float(r)
       if term or trunc:
         break
+      idle = 0 if r > 0 else idle + 1
+      if patience and idle >= patience:
+        total -= TILE_LESS_STEP * (int(max_steps) - t)
+        break
   finally:
     env.close()
   out = {"return": total, "steps": t}
@@ -80,24 +91,29 @@ def real_rollout(policy, ctrl, track_seed: int, max_steps: int, *, record: bool 
   return out
 
 
+TILE_LESS_STEP = 0.1   # what CarRacing charges per frame
+
+
 # ---------------------------------------------------------------------------------------------
 # worker pool
 
 _WORKER: dict = {}
 
 
-def _init_worker(agent: Agent, max_steps: int) -> None:
+def _init_worker(agent: Agent, max_steps: int, patience: int = 0) -> None:
   # One single-threaded CPU JAX per worker: the workers are the parallelism.
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
   _WORKER["policy"] = make_policy(agent)
   _WORKER["max_steps"] = max_steps
+  _WORKER["patience"] = patience
 
 
 def _run(args) -> float:
   ctrl, seed = args
-  return real_rollout(_WORKER["policy"], ctrl, seed, _WORKER["max_steps"])["return"]
+  return real_rollout(_WORKER["policy"], ctrl, seed, _WORKER["max_steps"],
+                      patience=_WORKER["patience"])["return"]
 
 
 def _run_random(seed) -> float:
@@ -105,16 +121,19 @@ def _run_random(seed) -> float:
 
 
 class RolloutPool:
-  """Evaluates controllers in the real environment on `workers` processes (1: in this process)."""
+  """Evaluates controllers in the real environment on `workers` processes (1: in this process);
+  patience > 0: fitness rollouts cut once the car stops earning tiles (see `real_rollout`)."""
 
-  def __init__(self, agent: Agent, max_steps: int, workers: int = 2):
+  def __init__(self, agent: Agent, max_steps: int, workers: int = 2, patience: int = 0):
     self.workers = int(workers)
     self.max_steps = int(max_steps)
+    self.patience = int(patience)
     self._pool = None
     if self.workers > 1:
       import multiprocessing
       ctx = multiprocessing.get_context("spawn")
-      self._pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(agent, self.max_steps))
+      self._pool = ctx.Pool(self.workers, initializer=_init_worker,
+                            initargs=(agent, self.max_steps, self.patience))
     else:
       self._policy = make_policy(agent)
 
@@ -125,7 +144,8 @@ class RolloutPool:
     if self._pool is None:
       out = []
       for c, s in jobs:
-        out.append(real_rollout(self._policy, c, s, self.max_steps)["return"])
+        out.append(real_rollout(self._policy, c, s, self.max_steps,
+                                patience=self.patience)["return"])
         if bar is not None:
           bar.update(1)
     else:

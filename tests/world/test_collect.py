@@ -123,3 +123,17 @@ def test_fast_renderer_is_bit_identical_to_the_stock_environment():
     finally:
       stock.close()
       fast.close()
+
+
+def test_patience_books_the_tile_less_rest_exactly():
+  """A parked car (full brake, no gas) earns no tile after its start: cut after `patience` idle
+  steps, the booked return equals the whole episode's return, in a fraction of the steps."""
+  from gdl_jax.world.rollout import real_rollout
+
+  def step(ctrl, frame, carry):
+    return np.array([0.0, 0.0, 1.0], np.float32), carry, np.zeros(1)
+
+  full = real_rollout((step, None), None, 5, 120)
+  cut = real_rollout((step, None), None, 5, 120, patience=15)
+  assert full["steps"] == 120 and cut["steps"] < 40
+  np.testing.assert_allclose(cut["return"], full["return"], rtol=0, atol=1e-6)
