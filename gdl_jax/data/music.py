@@ -21,6 +21,12 @@ Sources: "chorales" (music21's Bach chorales, 350 distinct files), "folk" (music
 collection, 8514 tunes in 31 ABC files; parsed tune by tune), "midi:PATH" (every file under PATH
 must be a MIDI file; one that is not, or a folder with none, is a DataError naming it, before
 anything is written).
+
+Transposition augmentation (the Music Transformer's, Huang et al. 2018): `random_transpose(tokens,
+key, transposition_table(vocab, K))` moves each training window by a random k in [-K, K] semitones,
+pitch and key tokens together (rests, durations and time signatures stay), drawing only shifts that
+keep every token in the vocabulary; pure and jittable, applied inside the experiments' train step
+(config `data.transpose`), never to the validation or test windows.
 """
 
 from __future__ import annotations
