@@ -21,6 +21,12 @@ Sources: "chorales" (music21's Bach chorales, 350 distinct files), "folk" (music
 collection, 8514 tunes in 31 ABC files; parsed tune by tune), "midi:PATH" (every file under PATH
 must be a MIDI file; one that is not, or a folder with none, is a DataError naming it, before
 anything is written).
+
+Transposition augmentation (the Music Transformer's, Huang et al. 2018): `random_transpose(tokens,
+key, transposition_table(vocab, K))` moves each training window by a random k in [-K, K] semitones,
+pitch and key tokens together (rests, durations and time signatures stay), drawing only shifts that
+keep every token in the vocabulary; pure and jittable, applied inside the experiments' train step
+(config `data.transpose`), never to the validation or test windows.
 """
 
 from __future__ import annotations
@@ -102,6 +108,85 @@ def decode_tokens(info: DatasetInfo, tokens) -> np.ndarray:
   tokens = np.asarray(tokens).reshape(-1, 2)
   return events_to_notes([info.vocab[int(i)] for i in tokens[:, 0]],
                          [info.duration_vocab[int(i)] for i in tokens[:, 1]])
+
+
+# ----------------------------------------------------------------------------------------------
+# Transposition augmentation (training windows only): every pitch and key token moves by k semitones.
+
+MAX_TRANSPOSE = 12
+_STEP_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+
+
+def _tonic_pc(name: str) -> int:
+  """'F#' / 'B-' / 'E--' (music21's spelling) -> pitch class 0..11."""
+  if not name or name[0] not in _STEP_PC or any(c not in "#-" for c in name[1:]):
+    raise ValueError(f"not a note name: {name!r}")
+  return (_STEP_PC[name[0]] + name.count("#") - name.count("-")) % 12
+
+
+def transposed_token(token: str, k: int, vocab: Sequence[str]) -> Optional[str]:
+  """`token` moved up k semitones, as a token of `vocab`; None where the vocab has no such token.
+
+  Pitches: str(int + k). Keys "key:T:mode": the vocab's key of the same mode whose tonic is k
+  semitones up (any spelling: the models read tokens, not names). Key signatures "ks:s" (s sharps,
+  negative flats; major tonic 7s mod 12): the vocab's ks:s' with 7s' = 7s + k (mod 12), the fewest
+  accidentals first. START, rests and time signatures are unchanged.
+  """
+  if is_pitch(token):
+    out = str(int(token) + k)
+    return out if out in vocab else None
+  if token.startswith("key:"):
+    _, tonic, mode = token.split(":")
+    want = (_tonic_pc(tonic) + k) % 12
+    for t in vocab:
+      if t.startswith("key:") and t.split(":")[2] == mode and _tonic_pc(t.split(":")[1]) == want:
+        return t
+    return None
+  if token.startswith("ks:"):
+    want = (7 * int(token[3:]) + k) % 12
+    found = sorted((abs(int(t[3:])), int(t[3:]), t) for t in vocab
+                   if t.startswith("ks:") and (7 * int(t[3:])) % 12 == want)
+    return found[0][2] if found else None
+  return token
+
+
+def transposition_table(vocab: Sequence[str], max_shift: int) -> np.ndarray:
+  """int32 [2 max_shift + 1, V]: row max_shift + k maps each note id to its id k semitones up, -1
+  where that token is not in the vocab (a window holding one cannot move by k)."""
+  if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or \
+      not 0 <= max_shift <= MAX_TRANSPOSE:
+    raise ValueError(f"transpose={max_shift!r} must be an integer number of semitones in "
+                     f"[0, {MAX_TRANSPOSE}] (0 = no augmentation), e.g. 6.")
+  ids = {t: i for i, t in enumerate(vocab)}
+  rows = [[ids.get(transposed_token(t, k, vocab), -1) for t in vocab]
+          for k in range(-max_shift, max_shift + 1)]
+  return np.asarray(rows, np.int32).reshape(2 * max_shift + 1, len(vocab))
+
+
+def transpose_windows(tokens, shifts, table):
+  """Events [B, T, 2] moved by `shifts` [B] semitones (|k| <= max_shift of `table`) -> (events,
+  ok [B]); a window some of whose tokens leave the vocab comes back unchanged with ok False.
+  Durations never change. Pure jnp: jittable."""
+  import jax.numpy as jnp
+  table = jnp.asarray(table)
+  k0 = (table.shape[0] - 1) // 2
+  notes = tokens[..., 0]
+  moved = table[shifts[:, None] + k0, notes]                       # [B, T]
+  ok = jnp.all(moved >= 0, axis=1)
+  notes = jnp.where(ok[:, None], moved, notes).astype(tokens.dtype)
+  return jnp.stack([notes, tokens[..., 1]], axis=-1), ok
+
+
+def random_transpose(tokens, key, table):
+  """Each window [B, T, 2] moved by a shift drawn uniformly from those (in [-K, K]) that keep all
+  its tokens in the vocab (k = 0 always does). Pure and jittable; for training batches only."""
+  import jax
+  import jax.numpy as jnp
+  table = jnp.asarray(table)
+  k0 = (table.shape[0] - 1) // 2
+  valid = jnp.all(table[:, tokens[..., 0]] >= 0, axis=2).T        # [B, 2K + 1]
+  idx = jax.random.categorical(key, jnp.where(valid, 0.0, -jnp.inf), axis=-1)
+  return transpose_windows(tokens, idx - k0, table)[0]
 
 
 # ----------------------------------------------------------------------------------------------
