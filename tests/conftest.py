@@ -52,6 +52,16 @@ def _seed_from_env() -> int:
 TEST_SEED = _seed_from_env()
 
 
+@pytest.fixture
+def xla_defaults():
+  """XLA's default optimisation for the programs this test compiles (the session otherwise asks for
+  little: see above), for float32 checks whose rounding was tuned on optimised programs."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.fixture(scope="session")
 def test_seed() -> int:
   """The seed (GDL_TEST_SEED, default 0) of the overfit / learning tests' init and data keys."""
