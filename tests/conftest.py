@@ -29,6 +29,14 @@ os.environ.setdefault("GDL_TEST_JAX_CACHE", os.path.join(_TMP, "jax_cache"))
 jax.config.update("jax_compilation_cache_dir", os.environ["GDL_TEST_JAX_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Most of the suite's CPU time is XLA:CPU compiling many small programs (tiny models run a few
+# steps), so the session asks XLA for little optimisation work (backend optimisation level 0, no
+# expensive LLVM passes): test_diffusion.py + models/test_gan.py, one process, cold cache, 134 ->
+# 83 s user CPU; the 300-step diffusion overfit test got faster too. In this process only: the
+# subprocesses the tests start (CLI runs, notebooks) keep XLA's defaults. GDL_TEST_XLA_OPT=1 keeps
+# the defaults here too (e.g. to time a step as a user gets it).
+if os.environ.get("GDL_TEST_XLA_OPT", "0") != "1":
+  jax.config.update("jax_disable_most_optimizations", True)
 
 import pytest  # noqa: E402
 
@@ -42,6 +50,16 @@ def _seed_from_env() -> int:
 
 
 TEST_SEED = _seed_from_env()
+
+
+@pytest.fixture
+def xla_defaults():
+  """XLA's default optimisation for the programs this test compiles (the session otherwise asks for
+  little: see above), for float32 checks whose rounding was tuned on optimised programs."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="session")

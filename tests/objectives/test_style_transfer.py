@@ -84,7 +84,7 @@ def test_style_loss_is_zero_for_the_style_image_and_content_loss_for_the_content
                              rtol=1e-6)
 
 
-def test_objective_gradient_matches_finite_differences(vgg):
+def test_objective_gradient_matches_finite_differences(vgg, xla_defaults):
   """Directional derivatives of the full objective at a 16x16 image against central differences
   (tv_power=2 and an image away from the ReLU kinks keep it smooth enough for float32)."""
   keys = jax.random.split(jax.random.key(1), 6)
