@@ -201,9 +201,11 @@ def _check_cached_equals_full(model, params, n, key, **sampling):
   steps = RasterSteps(*raster_steps(model, params, (8, 8)))
   got = np.asarray(jax.jit(_replay_cached, static_argnums=0)(steps, full))
   want = np.asarray(model.apply({"params": params}, full)[..., 0, :])
-  # the probabilities to 1e-5; log-probs to 1e-4 relative (a 1e-4 nats gap was seen at -6.8 nats:
-  # the window products sum in another order than the full convolutions)
-  np.testing.assert_allclose(np.exp(got), np.exp(want), rtol=0, atol=1e-5)
+  # the probabilities to 5e-5; log-probs to 1e-4 relative (a 1e-4 nats gap was seen at -6.8 nats:
+  # the window products sum in another order than the full convolutions; probabilities near 1
+  # differed by 1.0-1.4e-5 for seed 2 with the suite's unoptimised XLA; a wrong cache is off by
+  # O(0.1))
+  np.testing.assert_allclose(np.exp(got), np.exp(want), rtol=0, atol=5e-5)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert want.std(-1).mean() > 0.3  # the conditionals are far from uniform: a real check
   return full
