@@ -65,22 +65,24 @@ _GRASS = _grass()
 class FastCarRacing(cr.CarRacing):
   """`CarRacing` whose `_render_road` transforms all polygons with numpy (same pixels)."""
 
+  _road_cache = None   # (vertex array or None,) for the current track; cleared by reset
+
   def reset(self, *args, **kwargs):
     self._road_cache = None
     return super().reset(*args, **kwargs)
 
   def _road_arrays(self):
-    """The road tiles' vertices as one [N, V, 2] array, rebuilt when `road_poly` changes (each
-    reset); None where tiles have different vertex counts (not in CarRacing-v3's track builder;
-    then the stock per-polygon path draws them). Colours are read when drawn: a tile's colour
-    changes when the car first touches it (the contact listener writes `tile.color[:]`)."""
-    key = (id(self.road_poly), len(self.road_poly))
-    if getattr(self, "_road_cache", None) is None or self._road_cache[0] != key:
+    """The road tiles' vertices as one [N, V, 2] array, built at the first draw after a reset
+    (`road_poly` is final by then); None where tiles have different vertex counts (not in
+    CarRacing-v3's track builder; then the stock per-polygon path draws them). Colours are read
+    when drawn: a tile's colour changes when the car first touches it (the contact listener writes
+    `tile.color[:]`)."""
+    if self._road_cache is None:
       sizes = {len(poly) for poly, _ in self.road_poly}
       arr = (np.asarray([[(p[0], p[1]) for p in poly] for poly, _ in self.road_poly], np.float64)
              if len(sizes) == 1 else None)
-      self._road_cache = (key, arr)
-    return self._road_cache[1]
+      self._road_cache = (arr,)
+    return self._road_cache[0]
 
   def _draw_batch(self, arr, colors, zoom, translation, angle, *, single: bool):
     """Transforms [N, V, 2] polygons, culls them as `_draw_colored_polygon` does and draws the
