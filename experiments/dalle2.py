@@ -26,9 +26,10 @@ variations (write_artifacts: variations.png): a test image -> its CLIP image emb
 samples from fresh noise. Task.metrics: text_to_image's guidance sweep (class accuracy of class-
 prompt samples by the dataset classifier, classifier FD, novelty, attribute control), and for the
 prior: the mean cosine similarity of prior samples (from each of `prior_n` test images' held-out
-caption) to that image's true CLIP embedding, against the paper's no-prior baseline (image
-embedding := text embedding), the chance level (another test image's embedding), and the
-no-prior baseline's class accuracy through the decoder at model.guidance.
+caption) to that image's true CLIP embedding (prior_cosine, at prior.guidance), against the
+unconditional prior (guidance 0), the paper's no-prior baseline (image embedding := text
+embedding), the chance level (another test image's embedding), and the no-prior baseline's class
+accuracy through the decoder at model.guidance.
 
 clip_random=True (the tiny variant only, for tests and `--check`): an untrained, randomly initialised
 CLIP instead of a run; its embeddings carry little about the caption.
@@ -325,7 +326,7 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     txt = enc_txt_jit(jnp.asarray(dataset.test["caption"][:n, 0]))
     cos = lambda a, b: float(jnp.mean(jnp.sum(a * b, axis=-1)))
     out = {"prior_n": n, "prior_cosine": cos(prior_sample(state, key, txt), img),
-           "prior_cosine_unguided": cos(prior_sample(state, key, txt, 0.0), img),
+           "prior_cosine_unconditional": cos(prior_sample(state, key, txt, 0.0), img),
            "prior_cosine_no_prior": cos(txt, img),
            "prior_cosine_chance": cos(jnp.roll(img, 1, axis=0), img)}
     return out
