@@ -35,7 +35,14 @@ clip_random=True (the tiny variant only, for tests and `--check`): an untrained,
 CLIP instead of a run; its embeddings carry little about the caption.
 Variants: default (accelerator-sized), small (CPU), tiny (tests); `--dataset digits_captions` picks
 a 16-32 U-Net preset.
-MEASURED: see README (Ch13, DALL-E 2).
+MEASURED (digits_captions, on a digits CLIP of 800 steps (zero-shot 96.4%); `--variant small --steps
+600`, batch 64, 1829 s wall niced on 2 shared CPU cores at load ~8; `gdl-jax evaluate RUN
+--num_samples 200`, 200 samples per scale): prior samples' mean cosine to the true test image
+embedding 0.741 vs 0.541 for the no-prior baseline (text embedding as image embedding), 0.033
+chance; class accuracy of class-prompt samples at decoder guidance 0 / 1 / 2 / 3 / 5: 9.5 / 100 /
+100 / 100 / 100% (no prior, guidance 3: 96.5%); FD 22.2 / 6.79 / 9.80 / 11.4 / 13.3; novelty
+1.44 / 0.98 / 0.95 / 1.02 / 1.12; thin < thick ink in 100% of 100 same-noise pairs.
+Fashion-MNIST: not run on the CPU.
 """
 
 from __future__ import annotations
