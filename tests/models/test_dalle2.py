@@ -93,6 +93,52 @@ def _tiny(**kw):
   return c
 
 
+def test_prior_overfits_two_real_captioned_images(digits_captions, test_seed):
+  """The prior alone on the (random tiny) CLIP embeddings of two real digits_captions images and
+  their captions: its x0 loss falls well below the start, and each caption's text embedding
+  predicts its own image's embedding better than the other caption's does."""
+  import optax
+  from experiments import dalle2
+  from gdl_jax.data.info import to_signed
+  from gdl_jax.models.clip import CLIP
+  ds = digits_captions
+  clip_model, clip_params = dalle2.load_clip(_tiny(), ds.info)
+  idx = [int(np.flatnonzero(ds.train["label"] == k)[0]) for k in (0, 1)]
+  img = clip_model.apply({"params": clip_params}, to_signed(jnp.asarray(ds.train["image"][idx]), ds.info.levels),
+                         method=CLIP.encode_image)
+  txt = clip_model.apply({"params": clip_params}, jnp.asarray(ds.train["caption"][idx, 0]),
+                         method=CLIP.encode_text)
+  e = img.shape[-1]
+  img, txt = img * np.sqrt(e), txt * np.sqrt(e)
+  prior = DiffusionPrior(embed_dim=e, hidden=32, depth=1,
+                         diffusion=Diffusion(num_timesteps=100, prediction="x0"))
+  ab = prior.diffusion.alpha_bars()
+  use = jnp.ones((32,), bool)
+  x0s = jnp.tile(img, (16, 1))
+  params = jax.jit(prior.init)(jax.random.key(test_seed), x0s, jnp.zeros((32,)), x0s, use)["params"]
+  opt = optax.adam(3e-3)
+  state = opt.init(params)
+
+  def loss(p, key, t):
+    return diffusion_loss(lambda z, s: prior.apply({"params": p}, z, s, jnp.tile(t, (16, 1)), use),
+                          x0s, key, ab, "x0", clip_x0=False)[0]
+
+  @jax.jit
+  def step(p, s, key):
+    val, g = jax.value_and_grad(loss)(p, key, txt)
+    u, s = opt.update(g, s)
+    return optax.apply_updates(p, u), s, val
+
+  loss_at = jax.jit(loss)
+  start = float(loss_at(params, jax.random.key(99), txt))
+  for i in range(300):
+    params, state, _ = step(params, state, jax.random.fold_in(jax.random.key(test_seed), i))
+  end, swapped = float(loss_at(params, jax.random.key(99), txt)), float(loss_at(params, jax.random.key(99), txt[::-1]))
+  assert end < 0.5 * start, (start, end)
+  assert end < swapped, (end, swapped)
+
+
+@pytest.mark.slow  # the experiment's whole train step (CLIP, prior, U-Net): minutes on a loaded CPU
 def test_both_stages_overfit_two_real_images(digits_captions, test_seed):
   """The experiment's own train step on two digits_captions images (a zero and a one, two captions
   each): the prior's and the decoder's held-out-style losses both fall well below their start; the
