@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import os
 from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
@@ -136,6 +137,39 @@ class OneOf:
 
   def example(self) -> str:
     return str(self.choices[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+  """The directory of a finished `gdl-jax train <experiment>` run (a frozen stage that another
+  experiment builds on, e.g. DALL-E 2's CLIP); "" = not given (the experiment says what then)."""
+
+  experiment: str
+
+  def describe(self) -> str:
+    return (f"must be a `gdl-jax train {self.experiment}` run directory (with config.json, run.json "
+            "and checkpoints/)")
+
+  def problem(self, value: Any) -> Optional[str]:
+    import json
+    if value == "":
+      return None
+    if not isinstance(value, str):
+      return self.describe()
+    try:
+      with open(os.path.join(value, "run.json")) as f:
+        run = json.load(f)
+    except (OSError, ValueError):
+      return self.describe() + f"; {value!r} has no readable run.json"
+    if not isinstance(run, dict) or run.get("experiment") != self.experiment:
+      got = run.get("experiment") if isinstance(run, dict) else None
+      return self.describe() + f"; {value!r} is a run of {got!r}"
+    if not os.path.isdir(os.path.join(value, "checkpoints")):
+      return self.describe() + f"; {value!r} has no checkpoints/ (train it first)"
+    return None
+
+  def example(self) -> str:
+    return "RUNDIR"
 
 
 Rule = Any  # Range | OneOf | anything with problem(value) -> str | None, describe(), example()

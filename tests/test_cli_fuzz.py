@@ -69,6 +69,8 @@ def refused_texts(key: str, value, rule) -> list[str]:
     out += ["abc", "", "nan", "inf", "-inf", "1,5"]
     if isinstance(rule, configs.Range):
       out += [t for t in _out_of_range(rule, False) if t not in ("inf", "-inf")]
+  elif isinstance(rule, configs.RunDir):  # a run directory: missing, or not a run of its experiment
+    out += ["/no/such/run", "zzz", "/"]
   elif isinstance(value, str):  # every string key is a choice (a key with no OneOf rule fails here)
     out += ["no_such_dataset", ""] if key == "dataset" else ["zzz", "", value.upper() + "_x"]
   elif isinstance(value, tuple):

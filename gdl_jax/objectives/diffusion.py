@@ -41,7 +41,7 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 
 SCHEDULES = ("linear", "cosine", "offset_cosine")
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "x0")
 
 # denoise(x_t [B,H,W,C], t [B] in [0,1]) -> network output (eps or v) [B,H,W,C]
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -177,20 +177,23 @@ def eps_from_x0(x_t: jax.Array, x0: jax.Array, alpha_bar: jax.Array) -> jax.Arra
 
 
 def predict_x0_eps(out: jax.Array, x_t: jax.Array, alpha_bar: jax.Array, prediction: str):
-  """The network output (eps or v) at x_t -> (x0_hat, eps_hat)."""
+  """The network output (eps, v or x0) at x_t -> (x0_hat, eps_hat)."""
   if prediction == "eps":
     return x0_from_eps(x_t, out, alpha_bar), out
   if prediction == "v":
     return x0_eps_from_v(x_t, out, alpha_bar)
+  if prediction == "x0":  # DALL-E 2's prior predicts the clean embedding itself
+    return out, eps_from_x0(x_t, out, alpha_bar)
   raise ValueError(f"prediction {prediction!r} is unknown; use one of {PREDICTIONS}.")
 
 
 def diffusion_loss(denoise: DenoiseFn, x0: jax.Array, key: jax.Array, alpha_bars: jax.Array,
-                   prediction: str = "eps"):
+                   prediction: str = "eps", *, clip_x0: bool = True):
   """The simple loss: E_{i ~ U{1..T}, eps} |target - net(x_i, i/T)|^2 (mean over pixels).
 
-  target = eps (eps-prediction) or v (v-prediction). Returns (loss scalar, metrics) where metrics
-  has `mse_x0`, the implied x0 error (comparable between parameterisations).
+  target = eps (eps-prediction), v (v-prediction) or x0 (x0-prediction). Returns (loss scalar,
+  metrics) where metrics has `mse_x0`, the implied x0 error (comparable between
+  parameterisations; x0_hat clipped to [-1, 1] unless clip_x0=False, for data that is not images).
   """
   num_steps = alpha_bars.shape[0] - 1
   k_t, k_eps = jax.random.split(key)
@@ -199,10 +202,12 @@ def diffusion_loss(denoise: DenoiseFn, x0: jax.Array, key: jax.Array, alpha_bars
   eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
   x_t = q_sample(x0, ab, eps)
   out = denoise(x_t, i.astype(jnp.float32) / num_steps)
-  target = eps if prediction == "eps" else v_target(x0, eps, ab)
+  target = {"eps": eps, "x0": x0}.get(prediction)
+  target = v_target(x0, eps, ab) if target is None else target
   loss = jnp.mean(jnp.square(out.astype(jnp.float32) - target))
   x0_hat, _ = predict_x0_eps(out, x_t, ab, prediction)
-  return loss, {"mse_x0": jnp.mean(jnp.square(jnp.clip(x0_hat, -1.0, 1.0) - x0))}
+  x0_hat = jnp.clip(x0_hat, -1.0, 1.0) if clip_x0 else x0_hat
+  return loss, {"mse_x0": jnp.mean(jnp.square(x0_hat - x0))}
 
 
 def posterior_coefficients(alpha_bars: jax.Array):

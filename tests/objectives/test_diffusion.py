@@ -246,6 +246,6 @@ def test_bad_config_values_raise_with_the_fix():
   with pytest.raises(ValueError, match="one of"):
     D.NoiseSchedule("quadratic")
   with pytest.raises(ValueError, match="prediction"):
-    D.Diffusion(prediction="x0")
+    D.Diffusion(prediction="x_0")  # "x0" is valid (DALL-E 2's prior)
   with pytest.raises(ValueError, match="at least 2"):
     D.NoiseSchedule().table(1)
