@@ -57,7 +57,7 @@ RULES = {
     "controller.trials": POSITIVE_INT, "controller.max_steps": POSITIVE_INT,
     "controller.workers": POSITIVE_INT, "controller.patience": NON_NEGATIVE_INT, "controller.dream_generations": NON_NEGATIVE_INT,
     "controller.dream_trials": POSITIVE_INT, "controller.dream_steps": POSITIVE_INT,
-    "controller.temperature": POSITIVE,
+    "controller.temperature": POSITIVE, "controller.restart": NON_NEGATIVE_INT,
     "eval.seeds": POSITIVE_INT, "eval.max_steps": POSITIVE_INT, "eval.gif_steps": POSITIVE_INT,
 }
 
@@ -84,7 +84,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
       mode="both", population=64, sigma0=0.1, generations=300, trials=16, max_steps=1000, workers=64,
       # patience: real-environment fitness rollouts end after this many steps without a new tile,
       # booking -0.1 per remaining step (0 = off, the paper; evaluation never cuts)
-      patience=0, dream_generations=300, dream_trials=16, dream_steps=1000, temperature=1.15))
+      patience=0, dream_generations=300, dream_trials=16, dream_steps=1000, temperature=1.15,
+      # restart: 0 = the run's own CMA-ES random stream; k > 0 = an independent k-th stream, to
+      # restart C on the same V and M (a copy of the run without es_*.msgpack / controller_*.npy)
+      restart=0))
   c.eval = ml_collections.ConfigDict(dict(seeds=100, max_steps=1000, gif_steps=300))
   if variant == "cpu":  # what 2 shared CPU cores finish in about an hour and a quarter (see README)
     # 200 episodes and M 4000 x 32 windows: with 40 episodes and 1500 x 16 the MDN did not beat
@@ -311,6 +314,8 @@ def train_controller(mode: str, config, agent, workdir: str, z0s: np.ndarray) ->
   n = controller_size(Z, H)
   es = CMAES(n, int(cc.population), float(cc.sigma0))
   key = jax.random.fold_in(jax.random.key(int(config.seed)), {"real": 1, "dream": 2}[mode])
+  if int(cc.get("restart", 0)):
+    key = jax.random.fold_in(key, 1000 + int(cc.restart))
   state = es.init(jax.random.fold_in(key, 0), jnp.zeros((n,)))
   history: list = []
   gens = int(cc.generations if mode == "real" else cc.dream_generations)
