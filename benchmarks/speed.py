@@ -176,7 +176,8 @@ class JaxScanRunner:
   """k train steps in one call: lax.scan of the step over k stacked batches (per-call overhead / k).
 
   unroll=True unrolls the k steps into straight-line code; unroll=1 keeps an XLA while loop
-  (on XLA:CPU the rolled loop's body runs many times slower: see the README).
+  (on XLA:CPU the rolled loop's body runs many times slower: see the README); unroll="loop" is
+  `gdl_jax.train.loop.multi_step` (a Python loop of k steps inside one jit: `--steps_per_call`).
   """
 
   def __init__(self, base: JaxRunner, batches: list[dict], unroll=True):
@@ -190,7 +191,12 @@ class JaxScanRunner:
         return s, metrics["loss"]
       return jax.lax.scan(body, state, stacked, unroll=unroll)
 
-    self.fn = jax.jit(multi, donate_argnums=0)
+    if unroll == "loop":  # what `gdl-jax train --steps_per_call k` runs: k steps traced in one jit
+      from gdl_jax.train.loop import multi_step
+      fused = multi_step(step, self.k)
+      self.fn = lambda state, stacked: fused(state, stacked, key)
+    else:
+      self.fn = jax.jit(multi, donate_argnums=0)
     self.stacked = jax.device_put(jax.tree.map(lambda *xs: np.stack(xs), *batches))
     self.state = jax.tree.map(jax.numpy.copy, base.state)
     t0 = time.perf_counter()
@@ -285,11 +291,11 @@ def bench_model(name, frameworks, workers, args, peak) -> dict:
   if name in SCAN_MODELS and not args.no_scan:
     k = args.scan_k
     batches = [data.batch_at(ds.train, i, bsz, int(config.seed)) for i in range(k)]
-    for rid, unroll in (("jax_scan", True), ("jax_scan_rolled", 1)):
+    for rid, unroll in (("jax_scan", True), ("jax_scan_rolled", 1), ("jax_multi", "loop")):
       try:
         sr = JaxScanRunner(jr, batches, unroll)
         runners[rid] = sr
-        row["runners"][rid] = {"compile_s": sr.compile_s, "steps_per_call": k, "unroll": unroll is True}
+        row["runners"][rid] = {"compile_s": sr.compile_s, "steps_per_call": k, "unroll": unroll}
       except Exception as e:  # noqa: BLE001  (reported in the table, the others still run)
         row["errors"][rid] = f"{type(e).__name__}: {e}"
   try:
@@ -320,7 +326,7 @@ def bench_model(name, frameworks, workers, args, peak) -> dict:
     ks = {}
     base_k = window_size(step_s["jax"], args.window_s)
     for n in runners:
-      ks[n] = base_k if n.startswith("jax_scan") else window_size(step_s[n] or step_s["jax"], args.window_s)
+      ks[n] = base_k if n.startswith(("jax_scan", "jax_multi")) else window_size(step_s[n] or step_s["jax"], args.window_s)
     times = {n: [] for n in runners}  # seconds per step, one per round
     order = list(runners)
     for rnd in range(args.rounds):
@@ -335,7 +341,7 @@ def bench_model(name, frameworks, workers, args, peak) -> dict:
     if len(t) != args.rounds:
       continue
     s = _timing.rate_summary([x * ks[n] for x in t], ks[n])
-    if jr.flops and not n.startswith("jax_scan"):
+    if jr.flops and not n.startswith(("jax_scan", "jax_multi")):
       s["gflops"] = jr.flops * s["steps_per_s"] / 1e9
       s["peak_share"] = s["gflops"] / peak["gflops"]
     s["per_step_s"] = t
@@ -667,17 +673,20 @@ def markdown(report: dict) -> str:
                  f"{rn.get('keras_torch', {}).get('threads', '-')} (Keras-TF: TF default) |")
   scan_rows = [r for r in report["rows"] if "steps_per_s" in r["runners"].get("jax_scan", {})]
   if scan_rows:
-    lines += ["", "## Many steps per call (lax.scan)", "",
+    lines += ["", "## Many steps per call (lax.scan; `--steps_per_call`)", "",
               "| model | steps per call | one step per call, steps/s | scan unrolled, steps/s | speed-up | "
-              "scan rolled (while loop), steps/s | speed-up | scan compile s (unrolled, rolled) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "scan rolled (while loop), steps/s | speed-up | `loop.multi_step` (train `--steps_per_call`), "
+              "steps/s | speed-up | compile s (unrolled, rolled, multi_step) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in scan_rows:
       rn, ra = row["runners"], row["ratios"]
       up = lambda rid: _f(1 / ra[rid], 2) + "x" if ra.get(rid) else "-"
-      rolled = rn.get("jax_scan_rolled", {})
+      rolled, fused = rn.get("jax_scan_rolled", {}), rn.get("jax_multi", {})
       lines.append(f"| {row['model']} | {rn['jax_scan']['steps_per_call']} | {_f(rn['jax']['steps_per_s'])} | "
                    f"{_f(rn['jax_scan']['steps_per_s'])} | {up('jax_scan')} | {_f(rolled.get('steps_per_s'))} | "
-                   f"{up('jax_scan_rolled')} | {_f(rn['jax_scan'].get('compile_s'), 1)}, {_f(rolled.get('compile_s'), 1)} |")
+                   f"{up('jax_scan_rolled')} | {_f(fused.get('steps_per_s'))} | {up('jax_multi')} | "
+                   f"{_f(rn['jax_scan'].get('compile_s'), 1)}, {_f(rolled.get('compile_s'), 1)}, "
+                   f"{_f(fused.get('compile_s'), 1)} |")
   lines += ["", "## Input pipeline (gdl_jax.data.batch_at + gdl_jax.sharding.shard_batch)", "",
             "| model | pipeline images/s | JAX step images/s | headroom |", "|---|---|---|---|"]
   for row in report["rows"]:

@@ -491,6 +491,7 @@ def cmd_train(args, overrides) -> int:
   task = _build(module, config, dataset.info)
   count, nbytes = state_size(task, config, dataset)
   check_memory(count, nbytes)
+  loop.check_steps_per_call(args.steps_per_call)
   if args.check:
     print(loop.config_to_json(config))
     print(f"ok: {name} on {config.dataset} ({dataset.num_examples('train')} training examples): "
@@ -500,7 +501,8 @@ def cmd_train(args, overrides) -> int:
            else "write ") + workdir)
     return 0
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet,
-           run_info={"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else None)
+           run_info={"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else None,
+           steps_per_call=args.steps_per_call)
   if args.distributed:
     import jax
     if jax.process_count() > 1:  # evaluation is single-process: run it afterwards on one host
@@ -789,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="validate the config, data and paths (and the model's size against the "
                       "device's memory) without training: print the resolved config, exit 0 or 2")
   t.add_argument("--evaluate", action="store_true", help="run `evaluate` on the run afterwards")
+  t.add_argument("--steps_per_call", type=int, default=1,
+                 help="k train steps per jitted call between log/eval/checkpoint points (the same "
+                      "steps and rows; less dispatch on an accelerator; default 1)")
   t.add_argument("--distributed", action="store_true",
                  help="multi-host: run this on every host; jax.distributed.initialize() detects "
                       "TPU pod slices / SLURM / Open MPI, or takes the three flags below")

@@ -78,6 +78,16 @@ def shard_batch(batch, mesh: Mesh):
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
+def shard_batches(batches, mesh: Mesh):
+  """`shard_batch` for k batches stacked on a leading axis (`loop.multi_step`'s input): split on
+  axis 1, the batch axis, over the mesh; axis 0 stays whole on every device."""
+  sharding = NamedSharding(mesh, P(None, DATA_AXIS))
+  if jax.process_count() == 1:
+    return jax.device_put(batches, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batches)
+
+
 def fetch(tree):
   """Device arrays -> host numpy, on every process: replicated or process-local arrays are read
   locally, arrays sharded over several processes are gathered (`process_allgather`) first."""

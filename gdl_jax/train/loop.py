@@ -27,6 +27,7 @@ import numpy as np
 
 from gdl_jax import data as data_lib
 from gdl_jax import sharding
+from gdl_jax.configs import ConfigError
 from gdl_jax.train import checkpoint as ckpt
 from gdl_jax.train import rundir
 from gdl_jax.train.rundir import RunDirBusyError, RunDirError, RunDirWriteError  # noqa: F401
@@ -182,6 +183,68 @@ def read_metrics(workdir: str) -> list[dict]:
   return sorted(rows.values(), key=lambda r: r["step"])
 
 
+def multi_step(step, k: int):
+  """k train steps as one jitted call: `many(state, batches, key) -> (state, metrics)`, batches
+  stacked on a leading axis of k, metrics stacked likewise. The steps are traced one after another
+  inside the same jit (a Python loop: on XLA:CPU a rolled `lax.scan` of a conv step ran 3-20x
+  slower, benchmarks/README.md), so compile time grows with k. `step` must be traceable: a step
+  that reads the step counter on the host (a two-stage or growing schedule) cannot be fused, and
+  `fit` says so. The key is passed unchanged to every step, which folds in its own state.step, so
+  k fused steps equal k single calls."""
+
+  def many(state, batches, key):
+    rows = []
+    for i in range(k):
+      state, m = step(state, jax.tree.map(lambda x: x[i], batches), key)
+      rows.append(m)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
+
+  return jax.jit(many, donate_argnums=0)
+
+
+def check_steps_per_call(k) -> int:
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ConfigError(f"steps_per_call={k!r}: pass a whole number >= 1 (1 = one step per call).")
+  return int(k)
+
+
+def _next_event(step: int, config, end: int) -> int:
+  """The first step after `step` at which the loop logs, evaluates, checkpoints, writes a sample
+  grid or stops: fused calls never run across one."""
+  events = [end, int(config.steps)]
+  for every in (config.log_every, config.eval_every, config.ckpt_every, config.get("sample_every", 0)):
+    if every:
+      events.append((step // int(every) + 1) * int(every))
+  return min(events)
+
+
+_HOST_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
+
+
+def _call_multi(many, state, batches, key, experiment):
+  try:
+    return many(state, batches, key)
+  except _HOST_ERRORS as e:  # raised while tracing: nothing was donated or run
+    raise ConfigError(
+        f"{experiment or 'this experiment'}'s train step reads the step counter on the host (a "
+        "two-stage or growing schedule chooses its step between calls), so it cannot run several "
+        "steps in one call; use --steps_per_call 1 for it.") from e
+
+
+def _unstack_rows(pending, host) -> list[tuple[int, dict]]:
+  """(step, scalar metrics) per train step: a fused call's stacked [k] metrics become k rows."""
+  rows = []
+  for (s, _), m in zip(pending, host):
+    n = np.ndim(next(iter(m.values()))) if m else 0
+    if n == 0:
+      rows.append((s, m))
+    else:
+      k = len(next(iter(m.values())))
+      rows.extend((s + i, {name: v[i] for name, v in m.items()}) for i in range(k))
+  return rows
+
+
 def _mean_metrics(rows: list[dict]) -> dict:
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
@@ -231,13 +294,17 @@ def evaluate_heldout(task: Task, state, dataset, config, mesh, key, split: str =
 
 def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str, *,
         experiment: str = "", progress: bool = True, write_samples: bool = True,
-        stop_after: int | None = None, run_info: dict | None = None):
+        stop_after: int | None = None, run_info: dict | None = None, steps_per_call: int = 1):
   """Trains `task` for config.steps steps in `workdir`, resuming from its newest intact checkpoint.
 
   Holds `<workdir>/.lock` throughout (a second writer gets RunDirBusyError). A checkpoint newer than
   the newest one that restores is moved to `<workdir>/checkpoints_corrupt/` (reported on stderr).
   stop_after: return after this many steps of this call (to simulate a kill in tests).
   run_info: extra keys for run.json (e.g. the CLI's data_dir).
+  steps_per_call: k > 1 runs k train steps in one jitted call (`multi_step`) wherever no logging,
+  evaluation, checkpoint or sample grid falls inside those k steps (single steps elsewhere): the
+  same steps, keys and logged rows as k = 1, less per-step dispatch (what pays on an accelerator;
+  README "Speed"). Not part of the config: a run may be resumed with another k.
   Raises RunDirError (incl. RunDirBusyError, RunDirWriteError for a full/read-only disk),
   CheckpointError or NonFiniteLossError with a message naming the fix.
   """
@@ -251,7 +318,8 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
   with held, rundir.quiet_disk_errors():
     try:
       return _fit_locked(task, config, dataset, workdir, experiment=experiment, progress=progress,
-                         write_samples=write_samples, stop_after=stop_after, run_info=run_info)
+                         write_samples=write_samples, stop_after=stop_after, run_info=run_info,
+                         steps_per_call=steps_per_call)
     except OSError as e:  # metrics, samples, train_time on a full / read-only disk
       err = rundir.write_error(e, workdir)
       if err is e:
@@ -276,7 +344,7 @@ def _resume(task, config, workdir, mngr, state):
 
 
 def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_samples, stop_after,
-                run_info):
+                run_info, steps_per_call=1):
   if jax.process_count() > 1:  # multi-host: every process checks the run dir, then process 0 writes
     prepare_workdir(workdir, config, experiment=experiment, write=False)
     sharding.sync("gdl_jax.prepare_workdir")
@@ -311,8 +379,8 @@ def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_s
     """Fetches pending metrics, checks them finite, logs their mean."""
     if not pending:
       return
-    host = sharding.fetch([m for _, m in pending])
-    for (s, _), m in zip(pending, host):
+    host = _unstack_rows(pending, sharding.fetch([m for _, m in pending]))
+    for s, m in host:
       if not all(math.isfinite(float(v)) for v in m.values()):
         bad = [k for k, v in m.items() if not math.isfinite(float(v))]
         ckpt.wait(mngr, state)
@@ -322,25 +390,35 @@ def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_s
         raise NonFiniteLossError(
             f"non-finite {', '.join(bad)} at step {s + 1}; training stopped. {kept} Lower the "
             "learning rate (--config.optimizer.lr) or set --config.optimizer.clip_norm=1.0 and re-run.")
-    mean = _mean_metrics(host)
+    mean = _mean_metrics([m for _, m in host])
     writer.write(step_now, "train", mean)
     if bar is not None:
       bar.set_postfix({k: f"{v:.4g}" for k, v in list(mean.items())[:3]})
     pending.clear()
+
+  k_max = check_steps_per_call(steps_per_call)
+  many = multi_step(task.step, k_max) if k_max > 1 else None
+
+  def batch_of(s):
+    return data_lib.batch_at(dataset.train, s, config.batch_size, config.seed,
+                             process_index=jax.process_index(), process_count=jax.process_count())
 
   t0 = time.time()
   step = start
   done = False
   try:
     while step < end:
-      batch = data_lib.batch_at(dataset.train, step, config.batch_size, config.seed,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
-      state, metrics = task.step(state, sharding.shard_batch(batch, mesh), keys["step"])
+      k = k_max if many is not None and _next_event(step, config, end) - step >= k_max else 1
+      if k > 1:
+        batches = jax.tree.map(lambda *xs: np.stack(xs), *[batch_of(step + i) for i in range(k)])
+        state, metrics = _call_multi(many, state, sharding.shard_batches(batches, mesh),
+                                     keys["step"], experiment)
+      else:
+        state, metrics = task.step(state, sharding.shard_batch(batch_of(step), mesh), keys["step"])
       pending.append((step, metrics))
-      step += 1
+      step += k
       if bar is not None:
-        bar.update(1)
+        bar.update(k)
       if step % config.log_every == 0 or step == end:
         flush(step)
       if step % config.eval_every == 0 or step == total:
