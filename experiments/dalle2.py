@@ -209,7 +209,7 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     raise ConfigError(f"dalle2 {problem}")
   check(config, info)
   from experiments.clip import pick_caption
-  from experiments.text_to_image import guidance_sweep
+  from experiments.text_to_image import guidance_sweep, prompt_samplers
   mc, pc = config.model, config.prior
   levels, shape = int(info.levels), tuple(info.shape)
   tok = captions.tokenizer_for(info)
@@ -299,14 +299,8 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
     emb = prior_sample(state, k_prior, enc_txt_jit(jnp.asarray(tokens)))
     return decode(state, k_dec, emb, guidance)
 
-  def sample_labeled(state, key, labels, guidance=None):
-    return sample_tokens(state, key, class_tokens[np.asarray(labels)], guidance)
-
-  def sample(state, key, n):
-    return sample_labeled(state, key, np.arange(int(n)) % int(info.num_classes))
-
-  def sample_prompt(state, key, prompts, guidance=None):
-    return sample_tokens(state, key, tok.encode_batch(list(prompts)), guidance)
+  sample_labeled, sample, sample_prompt = prompt_samplers(sample_tokens, class_tokens, tok,
+                                                          int(info.num_classes))
 
   def metrics(state, dataset, key, *, use_features=True, use_samples=True):
     out = prior_metrics(state, dataset, jax.random.fold_in(key, 7))

@@ -158,14 +158,8 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
                     prediction=diff.prediction, clip=bool(mc.clip_denoised))
     return from_signed(x, levels)
 
-  def sample_labeled(state, key, labels, guidance=None):
-    return sample_tokens(state, key, class_tokens[np.asarray(labels)], guidance)
-
-  def sample(state, key, n):
-    return sample_labeled(state, key, np.arange(int(n)) % int(info.num_classes))
-
-  def sample_prompt(state, key, prompts, guidance=None):
-    return sample_tokens(state, key, tok.encode_batch(list(prompts)), guidance)
+  sample_labeled, sample, sample_prompt = prompt_samplers(sample_tokens, class_tokens, tok,
+                                                          int(info.num_classes))
 
   def metrics(state, dataset, key, *, use_features=True, use_samples=True):
     if not use_samples:
@@ -192,6 +186,22 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
 
   return Task(init=init, step=step, eval_step=eval_step, sample=sample, sample_labeled=sample_labeled,
               sample_prompt=sample_prompt, metrics=metrics, write_artifacts=write_artifacts)
+
+
+def prompt_samplers(sample_tokens, class_tokens, tok, num_classes: int):
+  """From `sample_tokens(state, key, tokens [n, L], guidance=None)`: Task.sample_labeled (the class
+  prompts' tokens), Task.sample (classes 0, 1, ... in turn) and Task.sample_prompt (free text)."""
+
+  def sample_labeled(state, key, labels, guidance=None):
+    return sample_tokens(state, key, class_tokens[np.asarray(labels)], guidance)
+
+  def sample(state, key, n):
+    return sample_labeled(state, key, np.arange(int(n)) % num_classes)
+
+  def sample_prompt(state, key, prompts, guidance=None):
+    return sample_tokens(state, key, tok.encode_batch(list(prompts)), guidance)
+
+  return sample_labeled, sample, sample_prompt
 
 
 def guidance_sweep(sample_labeled, sample_prompt, state, dataset, key, *, scales, n: int, pairs: int,
