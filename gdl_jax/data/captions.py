@@ -11,6 +11,9 @@ the image itself, split into terciles *within its class* (so "dark" means dark f
 - Fashion-MNIST: "dark" / "light" from the mean intensity, "narrow" / "wide" from the silhouette
   width (columns holding any pixel above a quarter of full scale); the middle tercile says nothing.
 - digits: "thin" / "thick" strokes from the mean intensity (the ink mass of the 8x8 image).
+- photo_crops: the photo's subject ("a cat", "a rocket", ...); "dark" / "light" from the mean
+  intensity and the dominant colour as "bluish" / "reddish" from the mean red minus the mean blue
+  (both within the photo, so "reddish" is a crop redder than that photo's usual crop).
 Each present attribute word appears in a caption with probability 0.7, so short captions ("a
 coat") and long ones ("a picture of a dark narrow coat") both occur.
 
@@ -70,7 +73,21 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 # attribute name -> (word for the low tercile, word for the high tercile)
 FASHION_ATTRIBUTES = {"brightness": ("dark", "light"), "width": ("narrow", "wide")}
 DIGIT_ATTRIBUTES = {"ink": ("thin", "thick")}
-SCHEMES = ("fashion_mnist", "digits")
+# photo_crops' labels, in gdl_jax.data.photos.PHOTOS order
+PHOTO_NOUNS = (
+    ("astronaut", "spacewoman", "person in a space suit"),
+    ("cup of coffee", "coffee cup", "mug of coffee"),
+    ("cat", "tabby cat", "kitten"),
+    ("rocket", "space rocket", "rocket on its launch pad"),
+    ("stained tissue sample", "microscope slide", "tissue section"),
+    ("field of galaxies", "deep space picture", "night sky full of galaxies"),
+    ("retina", "eye fundus", "retinal scan"),
+)
+PHOTO_ATTRIBUTES = {"brightness": ("dark", "light"), "tint": ("bluish", "reddish")}
+SCHEMES = ("fashion_mnist", "digits", "photo_crops")
+_NOUNS = {"fashion_mnist": FASHION_NOUNS, "photo_crops": PHOTO_NOUNS}
+_ATTRIBUTES = {"fashion_mnist": FASHION_ATTRIBUTES, "digits": DIGIT_ATTRIBUTES,
+               "photo_crops": PHOTO_ATTRIBUTES}
 
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
@@ -103,10 +120,21 @@ def silhouette_width(images: np.ndarray, levels: int) -> np.ndarray:
   return (col_max > 0.25 * (levels - 1)).sum(axis=1).astype(np.float32)
 
 
+def red_minus_blue(images: np.ndarray, levels: int) -> np.ndarray:
+  """[N, H, W, 3] -> [N] mean red minus mean blue, in [-1, 1] (> 0: the crop leans red)."""
+  if images.shape[-1] != 3:
+    raise DataError(f"the tint attribute needs RGB images [N, H, W, 3], got {images.shape}.")
+  x = images.reshape(len(images), -1, 3).astype(np.float64).mean(axis=1) / (levels - 1)
+  return (x[:, 0] - x[:, 2]).astype(np.float32)
+
+
 def measure(images: np.ndarray, levels: int, scheme: str) -> dict[str, np.ndarray]:
-  """The raw attribute values of each image: {"brightness", "width"} or {"ink"}, [N] each."""
+  """The raw attribute values of each image: {"brightness", "width"}, {"ink"} or {"brightness",
+  "tint"}, [N] each."""
   if scheme == "fashion_mnist":
     return {"brightness": mean_intensity(images, levels), "width": silhouette_width(images, levels)}
+  if scheme == "photo_crops":
+    return {"brightness": mean_intensity(images, levels), "tint": red_minus_blue(images, levels)}
   return {"ink": mean_intensity(images, levels)}
 
 
@@ -133,14 +161,15 @@ def _scheme_of(info: DatasetInfo) -> str:
 
 
 def attribute_words(scheme: str) -> dict[str, tuple[str, str]]:
-  return FASHION_ATTRIBUTES if scheme == "fashion_mnist" else DIGIT_ATTRIBUTES
+  return _ATTRIBUTES[scheme]
 
 
 def noun_phrase(scheme: str, label: int, adjectives: list[str], choice: int) -> str:
-  """The noun phrase with its article: "a dark wide coat", "the thick digit 7", "an eight"."""
+  """The noun phrase with its article: "a dark wide coat", "the thick digit 7", "an eight",
+  "a light reddish cat"."""
   adj = " ".join(adjectives)
-  if scheme == "fashion_mnist":
-    nouns = FASHION_NOUNS[label]
+  if scheme in _NOUNS:
+    nouns = _NOUNS[scheme][label]
     return _article(" ".join(filter(None, [adj, nouns[choice % len(nouns)]])))
   form = choice % 3
   if form == 0:
@@ -181,8 +210,8 @@ def vocabulary(scheme: str) -> tuple[str, ...]:
   texts = list(TRAIN_TEMPLATES) + list(HELD_OUT_TEMPLATES) + ["a an the"]
   for pair in attribute_words(scheme).values():
     texts += pair
-  if scheme == "fashion_mnist":
-    texts += [n for nouns in FASHION_NOUNS for n in nouns]
+  if scheme in _NOUNS:
+    texts += [n for nouns in _NOUNS[scheme] for n in nouns]
   else:
     texts += list(DIGIT_WORDS) + ["digit"] + [str(d) for d in range(10)]
   vocab = sorted({w for t in texts for w in words(t.replace("{p}", ""))})
@@ -298,6 +327,15 @@ def _register():
   @register("digits_captions", "digits + generated captions ('a seven', 'the digit 7', thin/thick)")
   def _digits(data_dir: str) -> Dataset:
     return add_captions(load("digits", data_dir))
+
+  @register("photo_crops_captions", "photo_crops + generated captions (the photo's subject, "
+            "dark/light, bluish/reddish; needs scikit-image)")
+  def _photos(data_dir: str) -> Dataset:
+    ds = load("photo_crops", data_dir)
+    if len(ds.info.class_names) != len(PHOTO_NOUNS):
+      raise DataError(f"photo_crops has {len(ds.info.class_names)} photos; captions name "
+                      f"{len(PHOTO_NOUNS)}.")
+    return add_captions(ds)
 
 
 _register()

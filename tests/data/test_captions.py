@@ -77,3 +77,33 @@ def test_class_prompts(digits_captions):
                        num_classes=10)
   assert C.class_prompts(fashion)[9] == "a photo of an ankle boot"
   assert C.prompt("fashion_mnist", 9, {"brightness": -1, "width": 0}) == "a photo of a dark ankle boot"
+
+
+def test_photo_crops_captions_name_the_photo_and_its_measured_tint():
+  pytest.importorskip("skimage")
+  from gdl_jax import data
+  ds = data.load("photo_crops_captions")
+  tok = C.tokenizer_for(ds.info)
+  assert ds.info.base == "photo_crops" and ds.info.shape == (32, 32, 3)
+  assert [n for n in C.attribute_words("photo_crops")] == ["brightness", "tint"]
+  tint = C.red_minus_blue(ds.train["image"], ds.info.levels)
+  for i in range(0, len(ds.train["label"]), 97):
+    y, (b, t) = int(ds.train["label"][i]), ds.train["attributes"][i]
+    for c in ds.train["caption"][i]:
+      text = tok.decode(c)
+      assert any(n in text for n in C.PHOTO_NOUNS[y]), text
+      ws = C.words(text)
+      assert "reddish" not in ws or t == 1
+      assert "bluish" not in ws or t == -1
+      assert "dark" not in ws or b == -1
+  for y in range(len(C.PHOTO_NOUNS)):  # within each photo, "reddish" crops lean redder than "bluish"
+    sel = ds.train["label"] == y
+    att = ds.train["attributes"][sel, 1]
+    assert tint[sel][att == 1].min() > tint[sel][att == -1].max()
+  # red minus blue on hand-made pixels: pure red +1, pure blue -1, grey 0
+  px = np.array([[[[255, 0, 0]]], [[[0, 0, 255]]], [[[128, 128, 128]]]], np.uint8)
+  np.testing.assert_allclose(C.red_minus_blue(px, 256), [1.0, -1.0, 0.0], atol=1e-7)
+  with pytest.raises(C.DataError, match="RGB"):
+    C.red_minus_blue(px[..., :1], 256)
+  # held-out templates stay out of training here too
+  assert not _texts(ds, "train") & _texts(ds, "test")
