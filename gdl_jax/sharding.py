@@ -64,28 +64,19 @@ def local_part(batch, mesh: Mesh):
   return jax.tree.map(lambda x: x[rows], batch)
 
 
-def shard_batch(batch, mesh: Mesh):
+def shard_batch(batch, mesh: Mesh, *, stacked: bool = False):
   """This process's rows of a batch (host numpy) -> global jax arrays split on axis 0 over the mesh.
 
   In one process `batch` is the whole batch; under multi-host each process passes its own block
   (`process_rows` / `local_part`, or `data.batch_at(..., process_index=, process_count=)`) and the
-  global batch is the blocks in process order.
+  global batch is the blocks in process order. stacked=True: k batches stacked on a leading axis
+  (`loop.multi_step`'s input), split on axis 1, the batch axis; axis 0 stays whole on every device.
   """
-  sharding = data_sharding(mesh)
+  sharding = NamedSharding(mesh, P(None, DATA_AXIS)) if stacked else data_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
-
-
-def shard_batches(batches, mesh: Mesh):
-  """`shard_batch` for k batches stacked on a leading axis (`loop.multi_step`'s input): split on
-  axis 1, the batch axis, over the mesh; axis 0 stays whole on every device."""
-  sharding = NamedSharding(mesh, P(None, DATA_AXIS))
-  if jax.process_count() == 1:
-    return jax.device_put(batches, sharding)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batches)
 
 
 def fetch(tree):

@@ -411,7 +411,7 @@ def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_s
       k = k_max if many is not None and _next_event(step, config, end) - step >= k_max else 1
       if k > 1:
         batches = jax.tree.map(lambda *xs: np.stack(xs), *[batch_of(step + i) for i in range(k)])
-        state, metrics = _call_multi(many, state, sharding.shard_batches(batches, mesh),
+        state, metrics = _call_multi(many, state, sharding.shard_batch(batches, mesh, stacked=True),
                                      keys["step"], experiment)
       else:
         state, metrics = task.step(state, sharding.shard_batch(batch_of(step), mesh), keys["step"])

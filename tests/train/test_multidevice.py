@@ -28,7 +28,7 @@ for step in range(3):
 many = loop.multi_step(task.step, 2)   # steps 3-4 fused in one call, batches split on axis 1
 stacked = jax.tree.map(lambda *xs: __import__("numpy").stack(xs),
                        *[data.batch_at(ds.train, s, c.batch_size, c.seed) for s in range(3, 5)])
-batches = sharding.shard_batches(stacked, mesh)
+batches = sharding.shard_batch(stacked, mesh, stacked=True)
 assert len(batches["image"].sharding.device_set) == jax.device_count()
 state, m = many(state, batches, keys["step"])
 losses += [float(v) for v in m["loss"]]
