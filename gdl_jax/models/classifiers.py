@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gdl_jax.nn.norm import BatchNorm
+
 
 class ClassifierOutput(NamedTuple):
   logits: jax.Array    # [B, num_classes]
@@ -31,8 +33,8 @@ class MLP(nn.Module):
     h = x.reshape((x.shape[0], -1)).astype(self.dtype)  # [B, H*W*C]
     for width in self.hidden:
       h = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(h)
-      h = nn.BatchNorm(use_running_average=not train, dtype=self.dtype,
-                       param_dtype=self.param_dtype)(h)
+      h = BatchNorm(use_running_average=not train, dtype=self.dtype,
+                    param_dtype=self.param_dtype)(h)
       h = nn.leaky_relu(h, 0.2)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype)(h)
@@ -56,13 +58,13 @@ class CNN(nn.Module):
       stride = 2 if i % 2 == 1 else 1
       h = nn.Conv(ch, (3, 3), strides=stride, padding="SAME", dtype=self.dtype,
                   param_dtype=self.param_dtype)(h)
-      h = nn.BatchNorm(use_running_average=not train, dtype=self.dtype,
-                       param_dtype=self.param_dtype)(h)
+      h = BatchNorm(use_running_average=not train, dtype=self.dtype,
+                    param_dtype=self.param_dtype)(h)
       h = nn.leaky_relu(h, 0.2)
     h = h.reshape((h.shape[0], -1))  # [B, h*w*c]
     h = nn.Dense(self.dense, dtype=self.dtype, param_dtype=self.param_dtype)(h)
-    h = nn.BatchNorm(use_running_average=not train, dtype=self.dtype,
-                     param_dtype=self.param_dtype)(h)
+    h = BatchNorm(use_running_average=not train, dtype=self.dtype,
+                  param_dtype=self.param_dtype)(h)
     h = nn.leaky_relu(h, 0.2)
     feats = h
     h = nn.Dropout(self.dropout, deterministic=not train)(h)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from gdl_jax.nn.conv import Conv, ConvTranspose
+from gdl_jax.nn.norm import BatchNorm
 
 Dtype = Any
 NORMS = ("batch", "layer", "none")
@@ -71,8 +72,8 @@ class _Norm(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     if self.kind == "batch":
-      return nn.BatchNorm(use_running_average=not train, momentum=self.momentum, dtype=self.dtype,
-                          param_dtype=self.param_dtype)(x)
+      return BatchNorm(use_running_average=not train, momentum=self.momentum, dtype=self.dtype,
+                       param_dtype=self.param_dtype)(x)
     if self.kind == "layer":
       return nn.LayerNorm(reduction_axes=tuple(range(1, x.ndim)), feature_axes=-1, dtype=self.dtype,
                           param_dtype=self.param_dtype)(x)

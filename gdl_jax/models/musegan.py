@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gdl_jax.nn.norm import BatchNorm
 from gdl_jax.nn.patch_conv import PatchConv, PatchConvTranspose  # noqa: F401 (tests use M.PatchConv)
 
 LATENTS = ("chords", "style", "melody", "groove")
@@ -83,7 +84,7 @@ class TemporalNetwork(nn.Module):
 
   @nn.compact
   def __call__(self, z_BxZ, train: bool):
-    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
+    bn = lambda: BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
     h = z_BxZ[:, None, :]                                                           # [B, 1, Z]
     h = nn.relu(bn()(PatchConvTranspose(self.features, (2,), name="ConvTranspose_0")(h)))  # [B, 2, F]
     if self.n_bars > 2:
@@ -109,7 +110,7 @@ class BarGenerator(nn.Module):
 
   @nn.compact
   def __call__(self, h_BxD, train: bool):
-    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
+    bn = lambda: BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
     s0, f = self.n_steps // 8, self.features
     h = nn.relu(bn()(nn.Dense(s0 * f)(h_BxD)))
     h = h.reshape(h.shape[0], s0, 1, f)                                             # [B, S/8, 1, F]
