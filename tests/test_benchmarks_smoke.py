@@ -89,3 +89,33 @@ def test_quick_run_writes_table_and_json(tmp_path):
   assert row["pipeline"]["images_per_s"] > 0
   if frameworks == "jax,torch":
     assert "torch" in row["ratios"] and row["runners"]["torch"]["params"] == row["params"]
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 7, 1, 4, 3, 1, True), (2, 7, 6, 3, 5, 3, 2, False),
+                                   (2, 8, 8, 4, 2, 3, 2, False), (1, 5, 5, 2, 3, 1, 1, False)])
+def test_every_alternative_conv_lowering_equals_the_plain_conv(shape):
+  import kernels
+  fns, args = kernels.conv_case(shape)
+  ref = fns["plain"](*args)
+  assert set(fns) == {"plain", "patches", "slices", "accum"}
+  for name, f in fns.items():
+    assert kernels.max_rel_error(ref, f(*args)) < 1e-5, name
+
+
+def test_every_alternative_batchnorm_equals_flax():
+  import kernels
+  fns, args = kernels.bn_case((3, 4, 5, 6))
+  ref = fns["plain"](*args)
+  for name, f in fns.items():
+    assert kernels.max_rel_error(ref, f(*args)) < 1e-4, name
+
+
+def test_kernels_quick_run_writes_its_tables(tmp_path):
+  import kernels
+  assert kernels.main(["--quick", "--out", str(tmp_path)]) == 0
+  report = json.loads((tmp_path / "kernels.json").read_text())
+  assert [len(report["conv"]), len(report["batchnorm"])] == [len(kernels.QUICK_CONV), len(kernels.QUICK_BN)]
+  for row in report["conv"] + report["batchnorm"]:
+    assert row["results"]["plain"]["speedup"] == 1.0
+    assert all(r["max_rel_error"] < 1e-4 for r in row["results"].values())
+  assert "| slices ms (x) |" in (tmp_path / "kernels.md").read_text()
