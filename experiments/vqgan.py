@@ -20,6 +20,15 @@ optimizer state live in TrainState.params["disc"] / opt_state["disc"], so resume
 Stage 2 (the GPT prior), sampling and evaluation are experiments/vqvae.py's, unchanged; the same
 terms are available there as --config.gan.weight / --config.gan.lpips_weight.
 Train metrics add lpips, gen_adv_loss, adaptive_weight, disc_loss, disc_real, disc_fake, disc_on.
+
+Measured (fashion_mnist, `--variant small`, 1500 + 1500 steps; 2026-12-03; held-out reconstruction
+of all 10000 test images at the end of stage 1, seed 0 of both runs, the same architecture and
+codebook of 128):
+  | stage 1                             | recon. MSE in [-1, 1] | LPIPS  | codes used |
+  | VQ-VAE (`train vqvae`)              | 0.02853               | 0.1538 | 99.8%      |
+  | VQ-GAN, gan.lpips_weight = 0.1      | **0.02810**           | **0.1086** | 99.9%  |
+  | VQ-GAN, gan.lpips_weight = 1.0 (earlier run; 8 test batches) | 0.0386 | 0.095 | 99.8% |
+so the default weight is 0.1: LPIPS 29% and MSE 1.5% below the VQ-VAE's (a thin margin, one seed).
 """
 
 from __future__ import annotations
@@ -43,7 +52,9 @@ def get_config(variant: str = "default", dataset: str = "fashion_mnist") -> ml_c
     raise ValueError(f"vqgan has no preset for dataset {dataset!r}; use one of {sorted(PRESETS)} "
                      "(LPIPS needs >= 16x16 images; for 8x8 digits use `gdl-jax train vqvae`).")
   c = vqvae.get_config(variant, dataset)
-  c.gan.update(weight=0.1, lpips_weight=1.0, disc_start=c.vq_steps // 2)
+  # lpips_weight 0.1, not Esser et al.'s 1.0: on Fashion-MNIST (small) 1.0 bought LPIPS 0.095 with a
+  # per-pixel MSE 0.0386, above the VQ-VAE's 0.0289; 0.1 gives both below the VQ-VAE's (docstring)
+  c.gan.update(weight=0.1, lpips_weight=0.1, disc_start=c.vq_steps // 2)
   return c
 
 
