@@ -14,7 +14,7 @@ only where it wins at the shapes the models use):
   - `accum`: kh*kw matmuls of the shifted slices, summed (no im2col buffer).
 * **BatchNorm** (training mode, statistics over [B, H, W]), value and gradient of a loss through it,
   against flax's `nn.BatchNorm` (one pass in the source: mean and mean of squares, which XLA:CPU
-  compiles into two reduce fusions); each alternative is a `jax.custom_vjp` with the closed-form
+  compiles into two reduce fusions); each alternative is gdl_jax.nn.norm's `jax.custom_vjp` with the closed-form
   backward (dx = scale / std * (g - mean(g) - xhat * mean(g * xhat))):
   - `two_sums`: the statistics and the backward's two sums as separate `jnp.sum`s;
   - `variadic`: each pair of sums as ONE variadic `lax.reduce` (one fusion, one read);
@@ -134,26 +134,9 @@ def _sums_dots(a, b):
 
 
 def _custom_bn(sums):
-  """Training-mode BatchNorm whose forward takes (sum x, sum x^2) and backward (sum g, sum g*xhat)
-  from `sums`, two at a time."""
-
-  def forward(x, scale, bias):
-    n = x.size // x.shape[-1]
-    s1, s2 = sums(x, x * x)
-    mean = s1 / n
-    inv = lax.rsqrt(jnp.maximum(s2 / n - mean * mean, 0.0) + EPS)
-    xhat = (x - mean) * inv
-    return xhat * scale + bias, (xhat, inv, scale)
-
-  def backward(res, g):
-    xhat, inv, scale = res
-    n = g.size // g.shape[-1]
-    sg, sgx = sums(g, g * xhat)
-    return (scale * inv / n) * (n * g - sg - xhat * sgx), sgx, sg
-
-  f = jax.custom_vjp(lambda x, scale, bias: forward(x, scale, bias)[0])
-  f.defvjp(forward, backward)
-  return f
+  """gdl_jax.nn.norm's training-mode BatchNorm (closed-form custom VJP) with its sums taken by `sums`."""
+  from gdl_jax.nn.norm import batch_norm_train
+  return lambda x, scale, bias: batch_norm_train(x, scale, bias, EPS, sums=sums)[0]
 
 
 BN_IMPLS = {"plain": bn_plain, "two_sums": _custom_bn(_sums_separate),

@@ -45,9 +45,9 @@ def _channel_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.sum(a, axes), jnp.sum(b, axes)
 
 
-def _forward(x, scale, bias, eps):
+def _forward(x, scale, bias, eps, sums):
   n = x.size // x.shape[-1]
-  s1, s2 = _channel_sums(x, x * x)
+  s1, s2 = sums(x, x * x)
   mean = s1 / n
   var = jnp.maximum(s2 / n - mean * mean, 0.0)
   inv = lax.rsqrt(var + eps)
@@ -55,17 +55,17 @@ def _forward(x, scale, bias, eps):
   return (xhat * scale + bias, mean, var), (xhat, inv, scale)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _normalize(x, scale, bias, eps):
-  return _forward(x, scale, bias, eps)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _normalize(x, scale, bias, eps, sums):
+  return _forward(x, scale, bias, eps, sums)[0]
 
 
-def _bwd(eps, res, cts):
+def _bwd(eps, sums, res, cts):
   del eps
   g, g_mean, g_var = cts
   xhat, inv, scale = res
   n = g.size // g.shape[-1]
-  sg, sgx = _channel_sums(g, g * xhat)
+  sg, sgx = sums(g, g * xhat)
   dx = (scale * inv / n) * (n * g - sg - xhat * sgx)
   # the batch statistics are outputs too (they update batch_stats): their exact cotangents
   dx = dx + (g_mean + 2.0 * g_var * xhat / inv) / n
@@ -75,17 +75,21 @@ def _bwd(eps, res, cts):
 _normalize.defvjp(_forward, _bwd)
 
 
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5):
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float = 1e-5, *,
+                     sums=None):
   """Training-mode batch normalisation over every axis but the last.
 
   Returns (y, mean, var): y = (x - mean) / sqrt(var + eps) * scale + bias with the batch's mean and
   (biased, fast) variance, which are returned for the running averages. Differentiable in all
   three arguments (a custom VJP: see the module docstring), also through mean and var.
+  sums(a, b) -> (sum a, sum b) over every axis but the last: how the two pairs of channel sums are
+  taken (default: matmuls up to DOT_SUMS_MAX elements, else reductions; benchmarks/kernels.py passes
+  its variants).
   """
   if x.ndim < 2 or scale.shape != (x.shape[-1],) or bias.shape != (x.shape[-1],):
     raise ValueError(f"batch_norm_train takes x [..., C] with scale and bias [C]; got {x.shape}, "
                      f"{scale.shape}, {bias.shape}.")
-  return _normalize(x, scale, bias, float(eps))
+  return _normalize(x, scale, bias, float(eps), _channel_sums if sums is None else sums)
 
 
 class BatchNorm(nn.Module):
