@@ -403,7 +403,7 @@ def scaling_worker(name: str, rounds: int, window_s: float) -> None:
   task = mod.build(config, ds.info)
   batch = data.batch_at(ds.train, 0, bsz, int(config.seed))
   key = jax.random.key(0)
-  state = sharding.replicate(task.init(key, batch), mesh)
+  state = jax.jit(task.init, out_shardings=sharding.replicated(mesh))(key, batch)  # as loop.init_state
   gbatch = sharding.shard_batch(batch, mesh)
   t0 = time.perf_counter()
   state, _ = task.step(state, gbatch, key)
@@ -767,13 +767,19 @@ def _write(report: dict, out: str) -> str:
   return md
 
 
-def add_xla_variants(args, argv) -> int:
-  """Adds the XLA-flag comparison to an existing <out>/speed.json and rewrites the markdown."""
+def add_section(args, argv, key: str) -> int:
+  """(Re)runs one subprocess section ("xla_variants" or "scaling") into an existing
+  <out>/speed.json, keeping the rest, and rewrites the markdown."""
   path = os.path.join(args.out, "speed.json")
   with open(path) as f:
     report = json.load(f)
-  models = expand_models(args.models, False) if args.models else list(XLA_VARIANT_MODELS)
-  report["xla_variants"] = bench_xla_variants(models, max(3, args.rounds // 2), args.window_s)
+  if key == "xla_variants":
+    models = expand_models(args.models, False) if args.models else list(XLA_VARIANT_MODELS)
+    report[key] = bench_xla_variants(models, max(3, args.rounds // 2), args.window_s)
+  else:
+    models = expand_models(args.models, False) if args.models else list(SCALING_MODELS)
+    counts = [int(c) for c in (args.scaling or "1,2,4,8").split(",") if c.strip()]
+    report[key] = bench_scaling(models, counts, max(3, args.rounds // 2), args.window_s)
   report["command"] += "; then python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
   print(_write(report, args.out))
   return 0
@@ -801,6 +807,8 @@ def main(argv=None) -> int:
                  help="only run the conv-layer probe (JAX vs PyTorch) and add it to <out>/speed.json (+ .md)")
   p.add_argument("--add-xla-variants", action="store_true",
                  help="only run the oneDNN XLA-flag comparison and add it to <out>/speed.json (+ .md)")
+  p.add_argument("--add-scaling", action="store_true",
+                 help="only run the data-parallel scaling section (--scaling counts) into <out>/speed.json (+ .md)")
   p.add_argument("--scaling-worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   from gdl_jax import runtime
@@ -812,7 +820,9 @@ def main(argv=None) -> int:
     scaling_worker(args.scaling_worker, args.rounds, args.window_s)
     return 0
   if args.add_xla_variants:
-    return add_xla_variants(args, argv)
+    return add_section(args, argv, "xla_variants")
+  if args.add_scaling:
+    return add_section(args, argv, "scaling")
   if args.add_probe:
     return add_probe(args, argv)
 
