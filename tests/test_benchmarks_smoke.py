@@ -121,6 +121,37 @@ def test_kernels_quick_run_writes_its_tables(tmp_path):
   assert "| slices ms (x) |" in (tmp_path / "kernels.md").read_text()
 
 
+def test_step_cost_specs():
+  import step_cost
+  assert step_cost.parse_spec("stylegan2:small@fashion_mnist") == ("stylegan2", "small", "fashion_mnist")
+  assert step_cost.parse_spec("vae@digits") == ("vae", "default", "digits")
+  assert step_cost.parse_spec("wgan_gp_fashion_mnist") == ("wgan_gp_fashion_mnist", "default", None)
+  for bad in ("", "vae:", "vae@", ":small"):
+    with pytest.raises(SystemExit, match="MODEL\\[:VARIANT\\]\\[@DATASET\\]"):
+      step_cost.parse_spec(bad)
+
+
+def test_step_cost_window_counts_lazy_steps_at_their_share():
+  import step_cost
+  assert step_cost.default_window([1, 1]) == 8
+  assert step_cost.default_window([1, 16]) == 16      # StyleGAN2 small: one R1 step per window
+  assert step_cost.default_window([3, 4]) == 12
+  assert step_cost.default_window([5], least=12) == 15
+
+
+def test_step_cost_times_two_experiments_against_the_first(tmp_path, capsys):
+  import step_cost
+  out = tmp_path / "cost.json"
+  assert step_cost.main(["classifier:tiny@digits", "classifier:mlp@digits", "--rounds", "2",
+                         "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["window"] == 8
+  first, second = report["rows"]
+  assert first["ratio_to_first"] == 1.0 and len(first["ms_per_step_rounds"]) == 2
+  assert second["ms_per_step"] > 0 and second["ratio_to_first"] > 0
+  assert "| classifier:mlp@digits |" in capsys.readouterr().out
+
+
 def test_step_worker_runs_the_model_on_a_two_device_mesh():
   """The scaling / XLA-flag sections' subprocess (it once called a removed sharding helper and every
   row of a full run read 'error' while the quick run stayed green)."""

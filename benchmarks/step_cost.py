@@ -1,0 +1,119 @@
+"""The cost of one train step of several experiments, in one process, interleaved: what "the same
+compute" means when two models' runs are compared at a budget (e.g. StyleGAN2 vs WGAN-GP steps).
+
+    python benchmarks/step_cost.py stylegan2:small@fashion_mnist wgan_gp_fashion_mnist:small
+    python benchmarks/step_cost.py vae:small@fashion_mnist vae:default@fashion_mnist --rounds 9
+
+A spec is MODEL[:VARIANT][@DATASET] with the names `gdl-jax train MODEL --variant VARIANT --dataset
+DATASET` takes (the same resolution: `vae@fashion_mnist` is experiments/vae_fashion_mnist.py).
+Each experiment's Task is built exactly as `gdl-jax train` builds it, on a real batch of its dataset;
+its `step` is called as the loop calls it (host-dispatched steps, e.g. lazy R1 every k critic
+updates, included), the state carried from step to step. A window is `--window` consecutive steps
+(default: a multiple of every spec's lazy-regularisation interval, so the occasional penalty step is
+counted at its share); each round times one window per spec back to back, and the report gives
+the median seconds per step and each spec's median per-round ratio to the first spec's.
+Warm-up (compile, and every host-dispatched variant) is not timed. No timing goes into tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [HERE, ROOT]
+import _timing  # noqa: E402
+from speed import JaxRunner  # noqa: E402
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+  """'model[:variant][@dataset]' -> (model, variant, dataset or None)."""
+  rest, _, dataset = spec.partition("@")
+  model, _, variant = rest.partition(":")
+  if not model or (":" in spec and not variant) or ("@" in spec and not dataset):
+    raise SystemExit(f"step_cost: bad spec {spec!r}; use MODEL[:VARIANT][@DATASET], e.g. "
+                     "stylegan2:small@fashion_mnist")
+  return model, variant or "default", dataset or None
+
+
+def default_window(intervals: list[int], least: int = 8) -> int:
+  """The smallest multiple of every lazy-regularisation interval that is >= least steps."""
+  k = math.lcm(*intervals)
+  return k * -(-least // k)
+
+
+class StepRunner(JaxRunner):
+  """One experiment's Task.step on a fixed real batch, state carried across calls (speed.py's
+  runner without its ahead-of-time lowering, which a host-dispatched step does not have)."""
+
+  def __init__(self, spec: str, data_dir: str | None = None):
+    import jax
+    from gdl_jax import cli, data
+    model, variant, dataset = parse_spec(spec)
+    self.spec, self.jax = spec, jax
+    name = cli.resolve_experiment(model, dataset)
+    module = cli.load_experiment(name)
+    config = cli.get_config(module, variant, dataset)
+    ds = data.load(config.dataset, data_dir)
+    self.task = module.build(config, ds.info)
+    self.batch = jax.device_put(data.batch_at(ds.train, 0, int(config.batch_size), int(config.seed)))
+    self.key = jax.random.key(int(config.seed))
+    self.state = jax.jit(self.task.init)(self.key, self.batch)   # as the loop initialises
+    self.experiment, self.variant, self.dataset = name, variant, config.dataset
+    self.batch_size = int(config.batch_size)
+    self.reg_every = int(config.model.get("r1_every", config.model.get("reg_every", 1)) or 1) \
+        if "model" in config else 1
+    self.compile_s = _timing.timed(lambda: self.window(self.reg_every + 1))  # every dispatch variant
+
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("specs", nargs="+", help="MODEL[:VARIANT][@DATASET], the first is the reference")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--window", type=int, default=None,
+                 help="steps per timed window (default: the lcm of the specs' lazy intervals, >= 8)")
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--json", default=None, help="also write the report here")
+  args = p.parse_args(argv)
+  if args.rounds < 1 or (args.window is not None and args.window < 1):
+    raise SystemExit("step_cost: --rounds and --window must be >= 1")
+  for s in args.specs:
+    parse_spec(s)
+  from gdl_jax import runtime
+  runtime.apply_xla_defaults()
+  runners = []
+  for s in args.specs:
+    r = StepRunner(s, args.data_dir)
+    print(f"[{s}] {r.experiment} --variant {r.variant} --dataset {r.dataset}: batch {r.batch_size}, "
+          f"lazy interval {r.reg_every}, warm-up {r.compile_s:.1f} s", flush=True)
+    runners.append(r)
+  k = args.window or default_window([r.reg_every for r in runners])
+  times = {r.spec: [] for r in runners}
+  for i in range(args.rounds):
+    for r in runners:
+      times[r.spec].append(r.window(k) / k)
+    print(f"round {i + 1}: " + ", ".join(f"{s} {t[-1] * 1e3:.0f} ms" for s, t in times.items()), flush=True)
+  ref = runners[0].spec
+  rows = [{"spec": s, "ms_per_step": 1e3 * statistics.median(t),
+           "ratio_to_first": _timing.median_ratio(times[ref], t) if s != ref else 1.0,
+           "ms_per_step_rounds": [1e3 * x for x in t]} for s, t in times.items()]
+  print(f"\n{args.rounds} interleaved rounds of {k}-step windows; medians "
+        f"(load average {os.getloadavg()[0]:.1f} at the end)\n")
+  print("| spec | ms per step | cost / first spec's |\n|---|---|---|")
+  for row in rows:
+    print(f"| {row['spec']} | {row['ms_per_step']:.1f} | {row['ratio_to_first']:.2f}x |")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"window": k, "rounds": args.rounds, "rows": rows}, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
