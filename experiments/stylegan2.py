@@ -23,8 +23,11 @@ Measured (fashion_mnist, `--variant small`: 5000 steps; 2026-12-03, 2 CPU cores 
 other runs, 1:31:35 wall, 5457 s user CPU): Fashion CNN Fréchet distance (1000 EMA samples vs 1000
 test images) 16.8 / 15.7 / 14.7 / 13.8 / 12.5 / 11.4 at steps 2500 / 3000 / ... / 5000 (`gdl-jax
 evaluate RUN --step N`; sample seed 1: 15.8 at 3500, 14.8 at 4000, 12.9 at 5000), novelty 1.04, no
-copies; below the WGAN-GP small run's 15.3 from step 4000 on. A StyleGAN2 step costs 1.8x a WGAN-GP
-small step on this CPU (595 vs 334 ms, interleaved), so 5000 steps are ~3.6x that run's 2500.
+copies; below the WGAN-GP small run's 15.3 from step 4000 on. But a StyleGAN2 step costs 1.82x a
+WGAN-GP small step on this CPU (`python benchmarks/step_cost.py stylegan2:small@fashion_mnist
+wgan_gp_fashion_mnist:small`: 579 vs 318 ms), and WGAN-GP small trained to the same compute
+(`--steps 9000`) reaches 11.2 at 7250 and 10.1 at 9000 steps (seed 1: 11.4, 10.5): at equal compute,
+at this size and budget, WGAN-GP is ahead.
 Artifacts (write_artifacts): style_mixing_{coarse,middle,fine}.png (row 0: B sources, column 0: A
 sources, cell (i, j): A_i's styles with B_j's in that layer range; noise fixed), truncation.png
 (rows psi = 1, 0.7, 0.5, 0; columns the same latents; noise fixed), besides samples.png and
