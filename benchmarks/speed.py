@@ -395,16 +395,16 @@ def scaling_worker(name: str, rounds: int, window_s: float) -> None:
   """Runs inside a subprocess with --xla_force_host_platform_device_count=N; prints one JSON line."""
   import jax
   from gdl_jax import data, sharding
+  from gdl_jax.train import loop
   mod, config = load_config(name, False)
   ds = data.load(config.dataset)
   bsz = int(config.batch_size)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(bsz, mesh)
   task = mod.build(config, ds.info)
-  batch = data.batch_at(ds.train, 0, bsz, int(config.seed))
-  key = jax.random.key(0)
-  state = jax.jit(task.init, out_shardings=sharding.replicated(mesh))(key, batch)  # as loop.init_state
-  gbatch = sharding.shard_batch(batch, mesh)
+  state, keys = loop.init_state(task, config, ds, mesh)
+  key = keys["step"]
+  gbatch = sharding.shard_batch(data.batch_at(ds.train, 0, bsz, int(config.seed)), mesh)
   t0 = time.perf_counter()
   state, _ = task.step(state, gbatch, key)
   jax.block_until_ready(state)

@@ -18,6 +18,7 @@ Warm-up (compile, and every host-dispatched variant) is not timed. No timing goe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -41,6 +42,13 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
   return model, variant or "default", dataset or None
 
 
+@functools.lru_cache(maxsize=None)
+def _load(name: str, data_dir: str | None):
+  """data.load once per dataset (several specs often share one)."""
+  from gdl_jax import data
+  return data.load(name, data_dir)
+
+
 def default_window(intervals: list[int], least: int = 8) -> int:
   """The smallest multiple of every lazy-regularisation interval that is >= least steps."""
   k = math.lcm(*intervals)
@@ -53,21 +61,22 @@ class StepRunner(JaxRunner):
 
   def __init__(self, spec: str, data_dir: str | None = None):
     import jax
-    from gdl_jax import cli, data
+    from gdl_jax import cli, data, sharding
+    from gdl_jax.train import loop
     model, variant, dataset = parse_spec(spec)
     self.spec, self.jax = spec, jax
     name = cli.resolve_experiment(model, dataset)
     module = cli.load_experiment(name)
     config = cli.get_config(module, variant, dataset)
-    ds = data.load(config.dataset, data_dir)
+    ds = _load(config.dataset, data_dir)
     self.task = module.build(config, ds.info)
-    self.batch = jax.device_put(data.batch_at(ds.train, 0, int(config.batch_size), int(config.seed)))
-    self.key = jax.random.key(int(config.seed))
-    self.state = jax.jit(self.task.init)(self.key, self.batch)   # as the loop initialises
+    mesh = sharding.make_mesh()
+    self.state, keys = loop.init_state(self.task, config, ds, mesh)   # as `gdl-jax train` does
+    self.key = keys["step"]
+    self.batch = sharding.shard_batch(data.batch_at(ds.train, 0, int(config.batch_size), int(config.seed)), mesh)
     self.experiment, self.variant, self.dataset = name, variant, config.dataset
     self.batch_size = int(config.batch_size)
-    self.reg_every = int(config.model.get("r1_every", config.model.get("reg_every", 1)) or 1) \
-        if "model" in config else 1
+    self.reg_every = int(config.model.get("r1_every", 1))   # StyleGAN2's lazy R1 interval
     self.compile_s = _timing.timed(lambda: self.window(self.reg_every + 1))  # every dispatch variant
 
 
