@@ -2,10 +2,12 @@
 the same content image, size, style targets and objective (issue 16's acceptance numbers).
 
     python benchmarks/style_transfer.py --run runs/style_net [--content skimage:chelsea] \\
-        [--size 128] [--steps 100] [--repeats 3] [--net_repeats 20] [--images docs/images]
+        [--step N] [--size 128] [--steps 100] [--repeats 3] [--net_repeats 20] [--images docs/images]
 
 Reports (JSON on stdout): the style / content / tv terms of the content image itself, of the
-optimised image (L-BFGS, `--steps` steps from the content image) and of the network's one pass;
+optimised image (L-BFGS, `--steps` steps from the content image) and of the network's one pass
+(the run's latest checkpoint, or `--step N`'s), the style term split by VGG16 layer for all three
+(`style_per_layer`: which scales of the style each result misses);
 the style loss's drop (content image / result); the median wall time of each method after
 compiling (the optimisation `--repeats` times, the network `--net_repeats` times) and the speed-up.
 The style image, its size and the weights are the run's config (style.image, style.size, style.*),
@@ -40,6 +42,7 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--run", required=True, help="a `gdl-jax train style_net` run directory")
+  p.add_argument("--step", type=int, default=None, help="the run's checkpoint (default: latest)")
   p.add_argument("--content", default="skimage:chelsea")
   p.add_argument("--size", type=int, default=128, help="longer side of the content image")
   p.add_argument("--steps", type=int, default=100)
@@ -52,20 +55,22 @@ def main(argv=None) -> int:
   from gdl_jax import cli
   from gdl_jax.data.images import read_image, write_image
   from gdl_jax.nn.vgg import load_vgg16_params
-  from gdl_jax.objectives.style_transfer import style_targets, style_transfer_terms
+  from gdl_jax.objectives.style_transfer import (style_layer_terms, style_targets,
+                                                 style_transfer_terms)
   from gdl_jax.samplers.style_transfer import stylize
   from gdl_jax.train import loop
 
   module, name, config, dataset = cli._run_context(args.run)
   config = cli._tuples(config)
   task = module.build(config, dataset.info)
-  state, _ = loop.latest_state(task, config, dataset, args.run)
+  state, _ = loop.latest_state(task, config, dataset, args.run, step=args.step)
   weights = module.weights_of(config)
   vgg = load_vgg16_params()
   content = jnp.asarray(read_image(args.content, args.size, min_side=16))[None]
   style = jnp.asarray(module._style_image(config))
   targets = style_targets(vgg, content, style, weights)
   terms = jax.jit(lambda x, vgg, t: style_transfer_terms(vgg, x, t, weights))
+  layer_terms = jax.jit(lambda x, vgg, t: style_layer_terms(vgg, x, t.grams, weights.style_layers))
 
   def floats(t):
     return {k: float(v[0]) for k, v in t.items()}
@@ -83,6 +88,9 @@ def main(argv=None) -> int:
       "optimizer": args.optimizer, "steps": args.steps,
       "weights": {"content": weights.content, "style": weights.style, "tv": weights.tv},
       "content_image": start, "optimisation": opt_terms, "network": net_terms,
+      "style_per_layer": {what: floats(layer_terms(x, vgg, targets)) for what, x in
+                          (("content_image", content), ("optimisation", opt.image),
+                           ("network", net_out))},
       "style_drop_optimisation": start["style"] / opt_terms["style"],
       "style_drop_network": start["style"] / net_terms["style"],
       "network_over_optimisation_style": net_terms["style"] / opt_terms["style"],

@@ -32,7 +32,7 @@ from gdl_jax.objectives.perceptual import gram_matrix, total_variation
 
 __all__ = ["GATYS_CONTENT_LAYERS", "GATYS_STYLE_LAYERS", "StyleWeights", "StyleTargets",
            "content_features", "style_grams", "style_targets", "style_transfer_terms",
-           "style_transfer_loss"]
+           "style_layer_terms", "style_transfer_loss"]
 
 GATYS_CONTENT_LAYERS = ("relu4_2",)
 GATYS_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -108,10 +108,25 @@ def style_transfer_terms(vgg_params: Mapping, x: jax.Array, targets: StyleTarget
   feats = _features(vgg_params, x, layers)
   content = sum(jnp.mean(jnp.square(feats[l].astype(jnp.float32) - targets.content[l]), axis=(1, 2, 3))
                 for l in weights.content_layers)
-  style = sum(jnp.sum(jnp.square(gram_matrix(feats[l]) - targets.grams[l]), axis=(1, 2))
-              for l in weights.style_layers)
+  style = sum(_gram_errors(feats, targets.grams, weights.style_layers).values())
   tv = total_variation(x.astype(jnp.float32), weights.tv_power) / (x[0].size)
   return {"content": content, "style": style, "tv": tv}
+
+
+def _gram_errors(feats: dict, grams: Mapping, layers: Sequence[str]) -> dict[str, jax.Array]:
+  return {l: jnp.sum(jnp.square(gram_matrix(feats[l]) - grams[l]), axis=(1, 2)) for l in layers}
+
+
+def style_layer_terms(vgg_params: Mapping, x: jax.Array, grams: Mapping,
+                      layers: Sequence[str] = GATYS_STYLE_LAYERS) -> dict[str, jax.Array]:
+  """{layer: ||G_l(x) - G_l(style)||_F^2 per image [B]}: the style term S(x) split by layer (their
+  sum is `style_transfer_terms(...)["style"]`), to see which scales of the style a result misses."""
+  if x.ndim != 4:
+    raise ValueError(f"style transfer takes NHWC image batches [B, H, W, C], got shape {x.shape}.")
+  missing = [l for l in layers if l not in grams]
+  if missing:
+    raise ValueError(f"no style Gram matrix for layer(s) {missing}; the targets have {sorted(grams)}.")
+  return _gram_errors(_features(vgg_params, x, layers), grams, layers)
 
 
 def style_transfer_loss(vgg_params: Mapping, x: jax.Array, targets: StyleTargets,

@@ -84,6 +84,23 @@ def test_style_loss_is_zero_for_the_style_image_and_content_loss_for_the_content
                              rtol=1e-6)
 
 
+def test_style_layer_terms_split_the_style_term_by_layer(vgg, pair):
+  """Per layer ||G_l(x) - G_l(style)||^2 against perceptual.style_loss on that one layer (an
+  independent code path); the five sum to the style term; missing targets are named."""
+  content, style = pair
+  targets = S.style_targets(vgg, content, style)
+  x = jnp.concatenate([content, 0.5 * content])
+  per_layer = S.style_layer_terms(vgg, x, targets.grams)
+  assert tuple(per_layer) == S.GATYS_STYLE_LAYERS
+  for layer, got in per_layer.items():
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got[:1], P.style_loss(vgg, content, style, (layer,)), rtol=1e-5)
+  np.testing.assert_allclose(sum(per_layer.values()),
+                             S.style_transfer_terms(vgg, x, targets)["style"], rtol=1e-5)
+  with pytest.raises(ValueError, match="relu4_2"):
+    S.style_layer_terms(vgg, content, targets.grams, ("relu4_2",))
+
+
 def test_objective_gradient_matches_finite_differences(vgg, xla_defaults):
   """Directional derivatives of the full objective at a 16x16 image against central differences
   (tv_power=2 and an image away from the ReLU kinks keep it smooth enough for float32)."""
