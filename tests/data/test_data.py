@@ -100,6 +100,16 @@ def test_photo_crops_real_split_by_region_and_seeded():
   np.testing.assert_array_equal(again.test["image"], ds.test["image"])
 
 
+def test_photo_crops_128_same_photos_split_by_region():
+  pytest.importorskip("skimage")
+  ds = data.load("photo_crops_128")
+  assert ds.info.shape == (128, 128, 3) and ds.info.num_classes == 7
+  assert ds.train["image"].shape == (2100, 128, 128, 3) and ds.test["image"].shape == (280, 128, 128, 3)
+  np.testing.assert_array_equal(np.bincount(ds.test["label"]), [40] * 7)
+  train = {x.tobytes() for x in ds.train["image"]}
+  assert not any(x.tobytes() in train for x in ds.test["image"])
+
+
 def test_lfw_subset_registered_in_the_library():
   pytest.importorskip("skimage")
   ds = data.load("lfw_subset")
