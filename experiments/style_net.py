@@ -139,9 +139,11 @@ def _initial_params(config):
   if name != "style_net":
     raise ConfigError(f"config init_from={run!r} is a {name} run; pass a style_net run's --workdir.")
   for key in ("features", "num_res"):
-    if tuple(np.atleast_1d(source.model[key])) != tuple(np.atleast_1d(config.model[key])):
-      raise ConfigError(f"config init_from={run!r} has model.{key}={source.model[key]}, this run "
-                        f"{config.model[key]}: pass --config.model.{key} to match (or --variant).")
+    theirs, ours = (tuple(int(v) for v in np.atleast_1d(c.model[key])) for c in (source, config))
+    if theirs != ours:
+      theirs, ours = (v if len(v) > 1 else v[0] for v in (theirs, ours))
+      raise ConfigError(f"config init_from={run!r} has model.{key}={theirs}, this run {ours}: "
+                        f"pass --config.model.{key} to match (or --variant).")
   state, _ = loop.latest_state(module.build(source, dataset.info), source, dataset, run)
   return jax.device_get(state.params)
 
