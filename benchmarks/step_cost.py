@@ -3,9 +3,12 @@ compute" means when two models' runs are compared at a budget (e.g. StyleGAN2 vs
 
     python benchmarks/step_cost.py stylegan2:small@fashion_mnist wgan_gp_fashion_mnist:small
     python benchmarks/step_cost.py vae:small@fashion_mnist vae:default@fashion_mnist --rounds 9
+    python benchmarks/step_cost.py stylegan2:small@fashion_mnist --config.model.mapping_layers=2 \
+        stylegan2:small@fashion_mnist
 
 A spec is MODEL[:VARIANT][@DATASET] with the names `gdl-jax train MODEL --variant VARIANT --dataset
-DATASET` takes (the same resolution: `vae@fashion_mnist` is experiments/vae_fashion_mnist.py).
+DATASET` takes (the same resolution: `vae@fashion_mnist` is experiments/vae_fashion_mnist.py),
+followed by any `--config.KEY=VALUE` overrides for that spec alone (checked as `train` checks them).
 Each experiment's Task is built exactly as `gdl-jax train` builds it, on a real batch of its dataset;
 its `step` is called as the loop calls it (host-dispatched steps, e.g. lazy R1 every k critic
 updates, included), the state carried from step to step. A window is `--window` consecutive steps
@@ -42,6 +45,37 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
   return model, variant or "default", dataset or None
 
 
+VALUE_OPTIONS = ("--rounds", "--window", "--data_dir", "--json")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[list[str]]]:
+  """argv -> (argv without the --config.KEY=VALUE items, each spec's overrides in spec order): an
+  override belongs to the spec before it, as `gdl-jax train`'s belong to its model."""
+  rest, groups, i = [], [], 0
+  while i < len(argv):
+    tok = argv[i]
+    if tok.startswith("--config."):
+      if not groups:
+        raise SystemExit(f"step_cost: {tok} comes before any spec; put each --config.KEY=VALUE "
+                         "after the MODEL[:VARIANT][@DATASET] it changes.")
+      if "=" not in tok:
+        raise SystemExit(f"step_cost: {tok}: expected --config.KEY=VALUE.")
+      groups[-1].append(tok[len("--config."):])
+    else:
+      rest.append(tok)
+      if tok in VALUE_OPTIONS and i + 1 < len(argv):
+        rest.append(argv[i + 1])
+        i += 1
+      elif not tok.startswith("-"):
+        groups.append([])
+    i += 1
+  return rest, groups
+
+
+def label(spec: str, overrides: list[str]) -> str:
+  return " ".join([spec] + [f"--config.{o}" for o in overrides])
+
+
 @functools.lru_cache(maxsize=None)
 def _load(name: str, data_dir: str | None):
   """data.load once per dataset (several specs often share one)."""
@@ -59,16 +93,19 @@ class StepRunner(JaxRunner):
   """One experiment's Task.step on a fixed real batch, state carried across calls (speed.py's
   runner without its ahead-of-time lowering, which a host-dispatched step does not have)."""
 
-  def __init__(self, spec: str, data_dir: str | None = None):
+  def __init__(self, spec: str, data_dir: str | None = None, overrides: list[str] = ()):
     import jax
     from gdl_jax import cli, data, sharding
     from gdl_jax.train import loop
     model, variant, dataset = parse_spec(spec)
-    self.spec, self.jax = spec, jax
+    self.spec, self.jax = label(spec, list(overrides)), jax
     name = cli.resolve_experiment(model, dataset)
     module = cli.load_experiment(name)
     config = cli.get_config(module, variant, dataset)
+    defaults = cli.get_config(module, variant, dataset)
+    cli.apply_overrides(config, list(overrides))
     ds = _load(config.dataset, data_dir)
+    cli.check_run(module, name, config, ds, defaults=defaults)   # the values, as `train` checks them
     self.task = module.build(config, ds.info)
     mesh = sharding.make_mesh()
     self.state, keys = loop.init_state(self.task, config, ds, mesh)   # as `gdl-jax train` does
@@ -90,6 +127,7 @@ def main(argv=None) -> int:
                  help="steps per timed window (default: the lcm of the specs' lazy intervals, >= 8)")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--json", default=None, help="also write the report here")
+  argv, groups = split_overrides(sys.argv[1:] if argv is None else list(argv))
   args = p.parse_args(argv)
   if args.rounds < 1 or (args.window is not None and args.window < 1):
     raise SystemExit("step_cost: --rounds and --window must be >= 1")
@@ -98,9 +136,16 @@ def main(argv=None) -> int:
   from gdl_jax import runtime
   runtime.apply_xla_defaults()
   runners = []
-  for s in args.specs:
-    r = StepRunner(s, args.data_dir)
-    print(f"[{s}] {r.experiment} --variant {r.variant} --dataset {r.dataset}: batch {r.batch_size}, "
+  labels = [label(s, o) for s, o in zip(args.specs, groups)]
+  if len(set(labels)) < len(labels):
+    raise SystemExit("step_cost: the same spec twice; give each its own --config overrides or drop one.")
+  from gdl_jax.configs import ConfigError
+  for s, overrides in zip(args.specs, groups):
+    try:
+      r = StepRunner(s, args.data_dir, overrides)
+    except ConfigError as e:
+      raise SystemExit(f"step_cost: {label(s, overrides)}: {e}") from None
+    print(f"[{r.spec}] {r.experiment} --variant {r.variant} --dataset {r.dataset}: batch {r.batch_size}, "
           f"lazy interval {r.reg_every}, warm-up {r.compile_s:.1f} s", flush=True)
     runners.append(r)
   k = args.window or default_window([r.reg_every for r in runners])

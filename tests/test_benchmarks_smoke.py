@@ -131,6 +131,20 @@ def test_step_cost_specs():
       step_cost.parse_spec(bad)
 
 
+def test_step_cost_overrides_belong_to_the_spec_before_them():
+  import step_cost
+  argv = ["a@digits", "--config.model.x=1", "--rounds", "3", "b", "--json", "o.json", "--config.y=(1, 2)", "a@digits"]
+  rest, groups = step_cost.split_overrides(argv)
+  assert rest == ["a@digits", "--rounds", "3", "b", "--json", "o.json", "a@digits"]
+  assert groups == [["model.x=1"], ["y=(1, 2)"], []]
+  with pytest.raises(SystemExit, match="before any spec"):
+    step_cost.split_overrides(["--config.steps=3", "vae"])
+  with pytest.raises(SystemExit, match="unknown config key 'model.nope'"):
+    step_cost.main(["classifier:tiny@digits", "--config.model.nope=1"])
+  with pytest.raises(SystemExit, match="the same spec twice"):
+    step_cost.main(["classifier:tiny@digits", "classifier:tiny@digits", "--rounds", "1"])
+
+
 def test_step_cost_window_counts_lazy_steps_at_their_share():
   import step_cost
   assert step_cost.default_window([1, 1]) == 8
@@ -142,14 +156,17 @@ def test_step_cost_window_counts_lazy_steps_at_their_share():
 def test_step_cost_times_two_experiments_against_the_first(tmp_path, capsys):
   import step_cost
   out = tmp_path / "cost.json"
-  assert step_cost.main(["classifier:tiny@digits", "classifier:mlp@digits", "--rounds", "2",
-                         "--json", str(out)]) == 0
+  assert step_cost.main(["classifier:tiny@digits", "classifier:mlp@digits", "--config.batch_size=16",
+                         "--rounds", "2", "--json", str(out)]) == 0
   report = json.loads(out.read_text())
   assert report["window"] == 8
   first, second = report["rows"]
   assert first["ratio_to_first"] == 1.0 and len(first["ms_per_step_rounds"]) == 2
   assert second["ms_per_step"] > 0 and second["ratio_to_first"] > 0
-  assert "| classifier:mlp@digits |" in capsys.readouterr().out
+  assert second["spec"] == "classifier:mlp@digits --config.batch_size=16"
+  printed = capsys.readouterr().out
+  assert "| classifier:mlp@digits --config.batch_size=16 |" in printed
+  assert "--variant mlp --dataset digits: batch 16," in printed
 
 
 def test_step_worker_runs_the_model_on_a_two_device_mesh():
