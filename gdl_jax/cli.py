@@ -545,11 +545,16 @@ def _fill_added_keys(config: ml_collections.ConfigDict, module) -> None:
 
 
 def _evaluation_tag(args, overrides) -> str:
-  """'' for a plain evaluation, else the suffix of metrics_<tag>.json (--tag, or the overrides)."""
-  tag = args.tag if args.tag is not None else ",".join(overrides)
+  """'' for a plain evaluation, else the suffix of metrics_<tag>.json: --tag, or the overrides, the
+  step (--step N: sN) and the sample seed (--seed S: seedS), so an evaluation of an older checkpoint
+  or another draw never replaces the plain metrics.json (nor another step's or seed's file)."""
+  parts = list(overrides) + ([f"s{args.step}"] if getattr(args, "step", None) is not None else []) + \
+      ([f"seed{args.seed}"] if getattr(args, "seed", 0) else [])
+  tag = args.tag if args.tag is not None else ",".join(parts)
   tag = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", tag).replace("model.", "")
-  if overrides and not tag:
-    raise UsageError("--tag must not be empty when --config overrides are given.")
+  if parts and not tag:
+    raise UsageError("--tag must not be empty with --config overrides, --step or --seed (it would "
+                     "replace the plain metrics.json); pass a name, or leave --tag out.")
   return tag
 
 
@@ -804,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
   e = sub.add_parser("evaluate", help="the harness on a run: bits/dim, Fréchet distance, novelty")
   e.add_argument("run")
   e.add_argument("--num_samples", type=int, default=None)
-  e.add_argument("--seed", type=int, default=0)
+  e.add_argument("--seed", type=int, default=0,
+                 help="another draw of the samples (S > 0 writes metrics_seedS.json)")
   e.add_argument("--no_features", action="store_true",
                  help="skip the Fréchet distances (classifier and VGG16 features)")
   e.add_argument("--no_vgg", action="store_true",
@@ -818,9 +824,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="skip sampling (Fréchet distance, novelty): e.g. a PixelCNN on 28x28 draws "
                       "784 sequential network passes per image")
   e.add_argument("--tag", default=None,
-                 help="write metrics_<tag>.json/.md (default with --config overrides: the overrides)")
+                 help="write metrics_<tag>.json/.md (default with --config overrides, --step or "
+                      "--seed: e.g. truncation=0.7,s2000,seed1)")
   e.add_argument("--step", type=int, default=None,
-                 help="evaluate the checkpoint of this step (default: the latest)")
+                 help="evaluate the checkpoint of this step (default: the latest; writes metrics_sN.json)")
   e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
   s = sub.add_parser("sample", help="write a grid of samples from a run's latest checkpoint; "
                      "--config.KEY=VALUE overrides sampler settings (e.g. model.truncation)")

@@ -123,7 +123,10 @@ def test_evaluate_and_sample_name_intact_steps_and_take_step(tmp_path, capfd):
   assert cli.main(["sample", wd, "--num", "4", "--step", "4", "--out", str(tmp_path / "s4")]) == 0
   assert np.load(tmp_path / "s4.npy").shape == (4, 2)
   assert cli.main(["evaluate", wd, "--no_features", "--step", "2"]) == 0
-  assert json.load(open(os.path.join(wd, "metrics.json")))["step"] == 2
+  assert json.load(open(os.path.join(wd, "metrics_s2.json")))["step"] == 2
+  assert not os.path.exists(os.path.join(wd, "metrics.json"))     # the plain file is the latest's
+  assert cli.main(["evaluate", wd, "--no_features", "--step", "4", "--seed", "3"]) == 0
+  assert json.load(open(os.path.join(wd, "metrics_s4,seed3.json")))["step"] == 4
   capfd.readouterr()
   assert cli.main(["sample", wd, "--step", "5"]) == 2
   err = capfd.readouterr().err
