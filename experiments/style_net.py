@@ -23,7 +23,8 @@ Measure it against the optimisation (same content image, size, style targets and
   python benchmarks/style_transfer.py --run runs/style_net --size 128 --steps 100 --images docs/images
 
 Fine-tune at another size: --dataset photo_crops_128 --config.init_from=RUN starts from run RUN's
-latest network (same model widths) with a fresh optimiser. A net is best near the size it trained
+latest network (same model widths) with a fresh optimiser (`gdl-jax train --init_from RUN` does the
+same for every experiment; this key also names a widths mismatch and was used for the run below). A net is best near the size it trained
 at (the 64-pixel net below: chelsea's style loss 10.3 / 7.4 / 10.0 / 12.4 / 14.8 at longer side
 64 / 96 / 128 / 192 / 256), so train or fine-tune at the size you will paint.
 
@@ -133,7 +134,7 @@ def _initial_params(config):
   if not run:
     return None
   from gdl_jax import cli
-  from gdl_jax.train import loop
+  from gdl_jax.train import checkpoint as ckpt
   module, name, source, dataset = cli._run_context(run)
   source = cli._tuples(source)
   if name != "style_net":
@@ -144,8 +145,8 @@ def _initial_params(config):
       theirs, ours = (v if len(v) > 1 else v[0] for v in (theirs, ours))
       raise ConfigError(f"config init_from={run!r} has model.{key}={theirs}, this run {ours}: "
                         f"pass --config.model.{key} to match (or --variant).")
-  state, _ = loop.latest_state(module.build(source, dataset.info), source, dataset, run)
-  return jax.device_get(state.params)
+  tree, _ = ckpt.restore_raw(os.path.join(run, "checkpoints"))   # no second VGG16 / model build
+  return tree["params"]
 
 
 def _style_image(config) -> np.ndarray:

@@ -296,6 +296,31 @@ def _check_new_path(flag: str, path: str, *, directory: bool) -> None:
     raise UsageError(f"{flag} {path!r}: {parent!r} is not writable; pass another path.")
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  from gdl_jax.train import checkpoint as ckpt
+  return bool(ckpt.saved_steps(os.path.join(workdir, "checkpoints")))
+
+
+def _check_init_from(run: str | None, workdir: str) -> None:
+  """--init_from: another run directory with a checkpoint (its fit to this model is checked when
+  it is read); a workdir that has its own checkpoint resumes from it (said once, not an error)."""
+  if run is None:
+    return
+  from gdl_jax.train import checkpoint as ckpt
+  if not run.strip() or not os.path.isdir(run):
+    raise UsageError(f"--init_from {run!r} is not a run directory; pass the --workdir of a finished "
+                     "`gdl-jax train` run.")
+  if os.path.abspath(run) == os.path.abspath(workdir):
+    raise UsageError(f"--init_from {run!r} is this run's own --workdir; re-running the command "
+                     "resumes it without --init_from, or pass a new --workdir to fine-tune into.")
+  if not ckpt.saved_steps(os.path.join(run, "checkpoints")):
+    raise UsageError(f"--init_from {run!r} has no checkpoint (checkpoints/ is missing or empty); "
+                     "train that run first.")
+  if _has_checkpoint(workdir):
+    print(f"gdl-jax: {workdir} has its own checkpoint: resuming it (--init_from is used when a run "
+          "starts).", file=sys.stderr, flush=True)
+
+
 def cmd_datasets(args) -> int:
   from gdl_jax import data
   _check_dir_flag("--data_dir", args.data_dir)
@@ -486,12 +511,18 @@ def cmd_train(args, overrides) -> int:
   defaults = get_config(module, args.variant, args.dataset)
   check_run(module, name, config, None, defaults=defaults)  # the values, before any data is read
   _check_new_path("--workdir", workdir, directory=True)
+  _check_init_from(args.init_from, workdir)
   dataset = _load_dataset(config.dataset, args.data_dir)
   check_run(module, name, config, dataset, defaults=defaults)
   task = _build(module, config, dataset.info)
   count, nbytes = state_size(task, config, dataset)
   check_memory(count, nbytes)
   loop.check_steps_per_call(args.steps_per_call)
+  if args.init_from is not None and not _has_checkpoint(workdir):   # its fit, before any dir is made
+    import jax
+    from gdl_jax import data
+    batch = data.batch_at(dataset.train, 0, int(config.batch_size), int(config.seed))
+    loop.check_warm_start(jax.eval_shape(task.init, jax.random.key(0), batch), args.init_from)
   if args.check:
     print(loop.config_to_json(config))
     print(f"ok: {name} on {config.dataset} ({dataset.num_examples('train')} training examples): "
@@ -502,7 +533,7 @@ def cmd_train(args, overrides) -> int:
     return 0
   loop.fit(task, config, dataset, workdir, experiment=name, progress=not args.quiet,
            run_info={"data_dir": os.path.abspath(args.data_dir)} if args.data_dir else None,
-           steps_per_call=args.steps_per_call)
+           steps_per_call=args.steps_per_call, init_from=args.init_from)
   if args.distributed:
     import jax
     if jax.process_count() > 1:  # evaluation is single-process: run it afterwards on one host
@@ -799,6 +830,10 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--steps_per_call", type=int, default=1,
                  help="k train steps per jitted call between log/eval/checkpoint points (the same "
                       "steps and rows; less dispatch on an accelerator; default 1)")
+  t.add_argument("--init_from", default=None, metavar="RUN",
+                 help="start a new run from run RUN's newest parameters (fine-tuning: the same "
+                      "experiment and model sizes; the dataset, schedule and steps may differ; a "
+                      "fresh optimiser); a run that has its own checkpoint resumes from it instead")
   t.add_argument("--distributed", action="store_true",
                  help="multi-host: run this on every host; jax.distributed.initialize() detects "
                       "TPU pod slices / SLURM / Open MPI, or takes the three flags below")

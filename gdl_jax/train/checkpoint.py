@@ -157,6 +157,29 @@ def restore_intact(mngr: ocp.CheckpointManager, state_like):
       f"{', '.join(str(s) for s, _ in skipped)}); the newest: {skipped[0][1]}")
 
 
+def restore_raw(directory: str, step: int | None = None) -> tuple[dict, int]:
+  """(the saved state dict as written, its step) of `directory`'s newest checkpoint (or `step`),
+  read without a target (no model needed: what a warm start from another run reads)."""
+  steps = saved_steps(directory)
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {directory}: train that run first.")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise CheckpointError(f"no checkpoint at step {step} in {directory}; the saved steps are "
+                          f"{', '.join(map(str, steps))}.")
+  mngr = manager(directory, keep=len(steps), save_every=1, read_only=True)
+  where = os.path.join(directory, str(step))
+  try:
+    with rundir.quiet_closed_loop_callbacks():
+      tree = mngr.restore(step, args=ocp.args.StandardRestore())
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {where} cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300]}); it was left untouched.") from e
+  finally:
+    mngr.close()
+  return tree, int(step)
+
+
 def intact_steps(mngr: ocp.CheckpointManager, state_like, exclude=()) -> list[int]:
   """The saved steps (newest first) that restore into `state_like` (each one is read to check)."""
   out = []

@@ -259,6 +259,64 @@ def init_state(task: Task, config, dataset: data_lib.Dataset, mesh):
   return state, dict(step=step_key, eval=eval_key, sample=sample_key)
 
 
+def _shapes(tree) -> list[tuple[str, tuple]]:
+  return [(jax.tree_util.keystr(path), tuple(getattr(x, "shape", np.shape(x))))
+          for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def check_warm_start(state_like, run: str) -> tuple[dict, int]:
+  """(run's newest saved state dict, its step) after checking its params have exactly the tree and
+  shapes of `state_like`'s (a state or `jax.eval_shape` of one); else one CheckpointError naming
+  the first differences and the fix."""
+  tree, step = ckpt.restore_raw(os.path.join(run, "checkpoints"))
+  src = tree.get("params") if isinstance(tree, dict) else None
+  ours, theirs = _shapes(state_like.params), _shapes(src) if src is not None else []
+  if ours != theirs:
+    diff = [f"{p}: {b} there, {a} here" if p == q else f"{q} there, {p} here"
+            for (p, a), (q, b) in zip(ours, theirs) if (p, a) != (q, b)][:3]
+    if len(ours) != len(theirs):
+      diff.append(f"{len(theirs)} arrays there, {len(ours)} here")
+    raise ckpt.CheckpointError(
+        f"--init_from {run}: its parameters do not fit this model ({'; '.join(diff)}); pass a run of "
+        "the same experiment and model sizes (the dataset, schedule and steps may differ).")
+  return tree, step
+
+
+def warm_start(state, run: str):
+  """(state, source step): `state` (a fresh step-0 state) with the parameters of run `run`'s newest
+  checkpoint: fine-tuning from another run (another dataset, size or schedule; a fresh optimiser).
+
+  Read without building the source's model: its params must have exactly this model's tree and
+  shapes (`check_warm_start`). Its EMA parameters start this run's EMA where both keep one (else
+  the params do) and its non-trained collections (`extra`, e.g. BatchNorm statistics) are taken
+  when they have this model's shapes, else left fresh (said on stderr).
+  """
+  tree, step = check_warm_start(state, run)
+  src = tree["params"]
+
+  def like(mine, saved):
+    return jax.tree.map(lambda a, b: jnp.asarray(b, a.dtype), mine, saved)
+
+  state = state.replace(params=like(state.params, src))
+  if state.ema_params is not None:
+    want = _shapes(state.ema_params)
+    ema = tree.get("ema_params")
+    if ema is None or _shapes(ema) != want:   # the source kept none: start from its params (a
+      p = state.params                        # GAN's EMA is {"gen": ...}: its generator's)
+      parts = [p] + ([{k: v} for k, v in p.items()] + list(p.values()) if isinstance(p, dict) else [])
+      ema = next((q for q in parts if _shapes(q) == want), None)
+    if ema is not None:
+      state = state.replace(ema_params=like(state.ema_params, ema))
+  extra = tree.get("extra")
+  if _shapes(state.extra):
+    if extra is not None and _shapes(extra) == _shapes(state.extra):
+      state = state.replace(extra=like(state.extra, extra))
+    elif sharding.is_writer():
+      print(f"gdl-jax: --init_from {run}: its non-trained state (e.g. BatchNorm statistics) has other "
+            "shapes; this run starts those fresh.", file=sys.stderr, flush=True)
+  return state, step
+
+
 def heldout_split(dataset) -> str:
   """The split the loop evaluates during training: "valid" where the dataset has one (so a step
   count or a checkpoint chosen from the curves never looked at the test split), else "test"."""
@@ -294,7 +352,8 @@ def evaluate_heldout(task: Task, state, dataset, config, mesh, key, split: str =
 
 def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset, workdir: str, *,
         experiment: str = "", progress: bool = True, write_samples: bool = True,
-        stop_after: int | None = None, run_info: dict | None = None, steps_per_call: int = 1):
+        stop_after: int | None = None, run_info: dict | None = None, steps_per_call: int = 1,
+        init_from: str | None = None):
   """Trains `task` for config.steps steps in `workdir`, resuming from its newest intact checkpoint.
 
   Holds `<workdir>/.lock` throughout (a second writer gets RunDirBusyError). A checkpoint newer than
@@ -305,6 +364,8 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
   evaluation, checkpoint or sample grid falls inside those k steps (single steps elsewhere): the
   same steps, keys and logged rows as k = 1, less per-step dispatch (what pays on an accelerator;
   README "Speed"). Not part of the config: a run may be resumed with another k.
+  init_from: a run directory whose newest parameters start a new run (`warm_start`; recorded in
+  run.json); ignored once this run has its own checkpoint (a resume continues the run itself).
   Raises RunDirError (incl. RunDirBusyError, RunDirWriteError for a full/read-only disk),
   CheckpointError or NonFiniteLossError with a message naming the fix.
   """
@@ -319,7 +380,7 @@ def fit(task: Task, config: ml_collections.ConfigDict, dataset: data_lib.Dataset
     try:
       return _fit_locked(task, config, dataset, workdir, experiment=experiment, progress=progress,
                          write_samples=write_samples, stop_after=stop_after, run_info=run_info,
-                         steps_per_call=steps_per_call)
+                         steps_per_call=steps_per_call, init_from=init_from)
     except OSError as e:  # metrics, samples, train_time on a full / read-only disk
       err = rundir.write_error(e, workdir)
       if err is e:
@@ -344,16 +405,21 @@ def _resume(task, config, workdir, mngr, state):
 
 
 def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_samples, stop_after,
-                run_info, steps_per_call=1):
-  if jax.process_count() > 1:  # multi-host: every process checks the run dir, then process 0 writes
-    prepare_workdir(workdir, config, experiment=experiment, write=False)
+                run_info, steps_per_call=1, init_from=None):
+  # Every process checks the run dir (a different config is refused before any work), then
+  # process 0 writes it, after the state is built (and a warm start read).
+  prepare_workdir(workdir, config, experiment=experiment, write=False)
+  if jax.process_count() > 1:
     sharding.sync("gdl_jax.prepare_workdir")
-  if sharding.is_writer():
-    prepare_workdir(workdir, config, experiment=experiment, run_info=run_info)
+  warm = None
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   data_lib.steps_per_epoch(dataset.num_examples("train"), config.batch_size)
   state, keys = init_state(task, config, dataset, mesh)
+  if init_from and not ckpt.saved_steps(os.path.join(workdir, "checkpoints")):
+    warm = warm_start(jax.device_get(state), init_from)   # read and checked before the run dir is written
+  if sharding.is_writer():
+    prepare_workdir(workdir, config, experiment=experiment, run_info=run_info)
 
   mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                       save_every=config.ckpt_every)
@@ -364,6 +430,12 @@ def _fit_locked(task, config, dataset, workdir, *, experiment, progress, write_s
     raise
   if restored is not None:
     state = jax.device_put(restored, sharding.replicated(mesh))
+  elif warm is not None:
+    state, source_step = warm
+    state = jax.device_put(state, sharding.replicated(mesh))
+    if sharding.is_writer():
+      _update_run_json(os.path.join(workdir, "run.json"),
+                       {"init_from": os.path.abspath(init_from), "init_step": source_step})
   writer = MetricsWriter(workdir)
   writer.truncate_after(start)
 
