@@ -27,7 +27,10 @@ copies; below the WGAN-GP small run's 15.3 from step 4000 on. But a StyleGAN2 st
 WGAN-GP small step on this CPU (`python benchmarks/step_cost.py stylegan2:small@fashion_mnist
 wgan_gp_fashion_mnist:small`: 579 vs 318 ms), and WGAN-GP small trained to the same compute
 (`--steps 9000`) reaches 11.2 at 7250 and 10.1 at 9000 steps (seed 1: 11.4, 10.5): at equal compute,
-at this size and budget, WGAN-GP is ahead.
+at this size and budget, WGAN-GP is ahead. Tuned per compute with StyleGAN2-ADA's CIFAR-10 settings
+(`--config.model.mixing_prob=0 --config.model.mapping_layers=2`: a step 1.86x WGAN-GP's, 539 vs 297
+ms) it reads 13.1 / 11.9 / 10.8 at 4000 / 5000 / 6000 steps against WGAN-GP's 11.2 / 10.1 / 9.6 at the
+same compute (7250 / 9000 / 11000 steps): still behind (README, Fashion-MNIST table).
 Artifacts (write_artifacts): style_mixing_{coarse,middle,fine}.png (row 0: B sources, column 0: A
 sources, cell (i, j): A_i's styles with B_j's in that layer range; noise fixed), truncation.png
 (rows psi = 1, 0.7, 0.5, 0; columns the same latents; noise fixed), besides samples.png and

@@ -20,7 +20,7 @@ fashion_mnist (28x28), `--variant small` (batch 64, generator (128, 64), 2500 st
 CPU cores shared with 2 other runs): classifier Fréchet distance 15.3 (1000 EMA samples vs 1000
 test images), novelty ratio 1.45, no exact copies - below the full VAE's 17.7 on the same
 protocol (experiments/vae_fashion_mnist.py). Trained on (`--variant small --steps 9000`, 59:36 wall,
-2026-12-03, another machine's Fashion CNN): 13.0 / 12.4 / 11.2 / 10.1 at steps 5000 / 6000 / 7250 / 9000
+2026-12-03, another machine's Fashion CNN): 13.0 / 12.4 / 11.2 / 10.1 at steps 5000 / 6000 / 7250 / 9000 (continued: 9.6 at 11000)
 (StyleGAN2 small at the same compute: 13.8 and 11.4; experiments/stylegan2.py). The default (batch 128, (256, 128), 8000 steps) is
 sized for an accelerator: ~1.6 s per step on this CPU.
 """
