@@ -211,9 +211,9 @@ def memory_limit() -> int | None:
   return None
 
 
-def state_size(task, config, dataset) -> tuple[int, int]:
-  """(parameter count, bytes of the whole train state) from a shape-only trace of task.init on
-  the first batch: nothing is allocated."""
+def state_size(task, config, dataset) -> tuple[int, int, object]:
+  """(parameter count, bytes of the whole train state, the abstract state) from a shape-only trace
+  of task.init on the first batch: nothing is allocated."""
   import jax
   import numpy as np
   from gdl_jax import data
@@ -238,7 +238,7 @@ def state_size(task, config, dataset) -> tuple[int, int]:
 
   params = getattr(shapes, "params", shapes)
   count = sum(int(np.prod(x.shape, dtype=np.float64)) for x in jax.tree.leaves(params))
-  return count, nbytes(shapes)
+  return count, nbytes(shapes), shapes
 
 
 def check_memory(count: int, nbytes: int) -> None:
@@ -306,14 +306,13 @@ def _check_init_from(run: str | None, workdir: str) -> None:
   it is read); a workdir that has its own checkpoint resumes from it (said once, not an error)."""
   if run is None:
     return
-  from gdl_jax.train import checkpoint as ckpt
   if not run.strip() or not os.path.isdir(run):
     raise UsageError(f"--init_from {run!r} is not a run directory; pass the --workdir of a finished "
                      "`gdl-jax train` run.")
   if os.path.abspath(run) == os.path.abspath(workdir):
     raise UsageError(f"--init_from {run!r} is this run's own --workdir; re-running the command "
                      "resumes it without --init_from, or pass a new --workdir to fine-tune into.")
-  if not ckpt.saved_steps(os.path.join(run, "checkpoints")):
+  if not _has_checkpoint(run):
     raise UsageError(f"--init_from {run!r} has no checkpoint (checkpoints/ is missing or empty); "
                      "train that run first.")
   if _has_checkpoint(workdir):
@@ -515,14 +514,11 @@ def cmd_train(args, overrides) -> int:
   dataset = _load_dataset(config.dataset, args.data_dir)
   check_run(module, name, config, dataset, defaults=defaults)
   task = _build(module, config, dataset.info)
-  count, nbytes = state_size(task, config, dataset)
+  count, nbytes, abstract = state_size(task, config, dataset)
   check_memory(count, nbytes)
   loop.check_steps_per_call(args.steps_per_call)
   if args.init_from is not None and not _has_checkpoint(workdir):   # its fit, before any dir is made
-    import jax
-    from gdl_jax import data
-    batch = data.batch_at(dataset.train, 0, int(config.batch_size), int(config.seed))
-    loop.check_warm_start(jax.eval_shape(task.init, jax.random.key(0), batch), args.init_from)
+    loop.check_warm_start(abstract, args.init_from)
   if args.check:
     print(loop.config_to_json(config))
     print(f"ok: {name} on {config.dataset} ({dataset.num_examples('train')} training examples): "
